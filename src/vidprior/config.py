@@ -1,0 +1,267 @@
+"""Typed params: `params.yaml` (tiny profile) optionally overlaid by more files (`params/paper.yaml`).
+
+Every section forbids unknown keys and loose types, so a typo fails loudly instead of silently
+falling back to a default; the error names the dotted key, the file it came from and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from vidprior.models.spec import ModelSpec, StrictModel, TextEmbedderSpec
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A params file is unreadable or does not match the schema."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class TrackingParams(StrictModel):
+    experiment: str = "vidprior"
+
+
+class ImagesParams(StrictModel):
+    base: str = "ghcr.io/vidprior/base:0.1.0"
+    train: str = "ghcr.io/vidprior/train:0.1.0"
+    label: str = "ghcr.io/vidprior/label:0.1.0"
+
+
+class ModelsParams(StrictModel):
+    sd15: ModelSpec
+    svd: ModelSpec
+    cogvideox: ModelSpec
+
+
+class RuleFilterParams(StrictModel):
+    english_only: bool = True
+    min_words: int = Field(3, ge=1)
+    max_words: int = Field(60, ge=1)
+    require_motion: bool = True
+    # Added to the built-in motion vocabulary (vidprior.unic.prompt_rules.MOTION_WORDS).
+    extra_motion_words: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RuleFilterParams:
+        if self.max_words < self.min_words:
+            raise ValueError("'max_words' must be >= 'min_words'")
+        return self
+
+
+class LLMFilterParams(StrictModel):
+    enabled: bool = False
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "Qwen/Qwen2.5-72B-Instruct"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_workers: int = Field(4, ge=1, le=256)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+
+
+class DedupParams(StrictModel):
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    # Rows embedded and checkpointed together; an interrupted run resumes at chunk granularity.
+    chunk_size: int = Field(4096, ge=1)
+
+
+class PromptsParams(StrictModel):
+    # "builtin" is the prompt file shipped inside the package; anything else is a path to a
+    # VidProM-format parquet or CSV (columns `uuid`, `prompt`).
+    sources: list[str] = Field(default_factory=lambda: ["builtin"], min_length=1)
+    embedder: TextEmbedderSpec
+    rule_filter: RuleFilterParams = RuleFilterParams()
+    llm_filter: LLMFilterParams = LLMFilterParams()
+    dedup: DedupParams = DedupParams()
+    # Keep at most this many prompts (first in input order) after filtering; null keeps all.
+    max_prompts: int | None = Field(None, ge=1)
+
+
+class GenerateImagesParams(StrictModel):
+    per_prompt: int = Field(5, ge=1)
+    height: int = Field(512, ge=8)
+    width: int = Field(512, ge=8)
+    steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(7.5, ge=0)
+
+
+class ClassifierTrainParams(StrictModel):
+    steps: int = Field(20_000, ge=1)
+    lr: float = Field(1e-5, gt=0)
+
+
+class GuidanceLambdas(StrictModel):
+    """Guidance strength per task (Uni-C Suppl. Table III)."""
+
+    sd_svd: float = 8.0
+    sd_pia: float = 8.0
+    animatediff: float = 2.0
+    lavie: float = 1.0
+    sd_sv3d: float = 6.0
+    sd_imagedream: float = 6.0
+    mvdream: float = 8.0
+
+
+class UnicParams(StrictModel):
+    prompts: PromptsParams
+    images: GenerateImagesParams = GenerateImagesParams()
+    train: ClassifierTrainParams = ClassifierTrainParams()
+    lambdas: GuidanceLambdas = GuidanceLambdas()
+
+
+class UDPDiffTrainParams(StrictModel):
+    steps: int = Field(40_000, ge=1)
+    lr: float = Field(1e-5, gt=0)
+
+
+class UDPDiffParams(StrictModel):
+    train: UDPDiffTrainParams = UDPDiffTrainParams()
+
+
+class Params(StrictModel):
+    profile: Literal["tiny", "paper"]
+    seed: int = Field(0, ge=0)
+    tracking: TrackingParams = TrackingParams()
+    images: ImagesParams = ImagesParams()
+    models: ModelsParams
+    unic: UnicParams
+    udpdiff: UDPDiffParams = UDPDiffParams()
+
+    def section(self, dotted: str) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+    def digest(self) -> str:
+        """Short content hash of the resolved params, for lineage tags."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, overlay: dict, origin: dict[tuple, str], source: str, prefix: tuple = ()) -> dict:
+    """Deep-merge `overlay` into `base`; remember which file each key came from."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value, origin, source, path)
+        else:
+            merged[key] = value
+            for known in [p for p in origin if p[: len(path)] == path]:
+                del origin[known]
+        origin[path] = source
+    return merged
+
+
+def _file_for(loc: tuple, origin: dict[tuple, str], files: Sequence[str]) -> str:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in origin:
+            return origin[loc[:n]]
+    return " + ".join(files)
+
+
+def _allowed_keys(loc: tuple) -> list[str] | None:
+    """Field names of the model that owns the last element of `loc`, for 'unknown key' errors."""
+    model: Any = Params
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+        if model is None:
+            return None
+    return sorted(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(error: dict, origin: dict[tuple, str], files: Sequence[str]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or "<top level>"
+    where = _file_for(loc, origin, files)
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc)
+        hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+        return f"{where}: unknown key '{key}'{hint}"
+    if error["type"] == "missing":
+        return f"{where}: missing required key '{key}'"
+    got = error.get("input")
+    return f"{where}: key '{key}': {error['msg']}; got {got!r} ({type(got).__name__})"
+
+
+def load_params(paths: Iterable[Path | str] = (DEFAULT_PARAMS,)) -> Params:
+    """Load and validate params files, later files overriding earlier ones key by key."""
+    files = [str(p) for p in paths]
+    if not files:
+        raise ParamsError("no params file given")
+    merged: dict[str, Any] = {}
+    origin: dict[tuple, str] = {}
+    for name in files:
+        merged = _merge(merged, _read_yaml(Path(name)), origin, name)
+    return params_from_dict(merged, origin=origin, files=files)
+
+
+def params_from_dict(
+    data: dict[str, Any], *, origin: dict[tuple, str] | None = None, files: Sequence[str] = ("<params>",)
+) -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e, origin or {}, files) for e in exc.errors()]
+        raise ParamsError("invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def params_to_yaml(params: Params) -> str:
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of nested params, for MLflow's flat param namespace."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): data}

@@ -1,0 +1,238 @@
+"""The `vidprior-unic` Kubeflow pipeline: compiled IR, a kfp.local run end to end, the components.
+
+kfp.local runs every task as a subprocess of this interpreter (`SubprocessRunner(use_venv=False)`),
+so the components import the editable `vidprior` exactly as they would in the image.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from kfp import compiler, components, local
+from kfp.dsl import Dataset, Metrics, PipelineTaskFinalStatus
+
+from vidprior.config import load_params, params_from_dict
+from vidprior.io.manifest import read_manifest, read_rejects
+from vidprior.unic.prompt_sources import builtin_path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # pipelines/ and components/ are repository-root code, not installed
+    sys.path.insert(0, str(ROOT))
+
+from components.data.prompts import collect_prompts  # noqa: E402
+from components.register.mlflow_run import close_mlflow_run, open_mlflow_run  # noqa: E402
+from pipelines.compile import compile_all  # noqa: E402
+from pipelines.unic import PIPELINE_NAME, build_unic_pipeline  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "registry.example/vidprior/base:test"
+STAGE_PARAM = "unic.prompts.dedup.threshold"
+
+
+@pytest.fixture
+def params():
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data.setdefault("images", {})["base"] = IMAGE  # prove the image comes from params
+    return params_from_dict(data)
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch) -> str:
+    """A fresh sqlite store; the fallback store is moved into tmp_path too, so nothing leaks.
+
+    With a sqlite URI MLflow puts run artifacts in `./mlruns` of the process that creates the
+    experiment, and kfp.local tasks inherit this process's cwd: run in tmp_path.
+    """
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("VIDPRIOR_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("VIDPRIOR_HOME", str(tmp_path / "home"))
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def shipped_prompt_rows() -> int:
+    return len(pd.read_csv(builtin_path(), dtype=str, keep_default_na=False))
+
+
+def assert_prompt_outputs(out_dir: Path, metrics: dict) -> None:
+    manifest, rejects = read_manifest(out_dir), read_rejects(out_dir)
+    assert len(manifest) > 0 and len(rejects) > 0
+    assert len(manifest) + len(rejects) == shipped_prompt_rows()
+    assert metrics["prompts_read"] == shipped_prompt_rows()
+    assert metrics["prompts_kept"] == len(manifest)
+    assert metrics["prompts_rejected"] == len(rejects)
+
+
+def runs(uri: str, experiment: str) -> list:
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment!r}"
+    return client.search_runs([found.experiment_id])
+
+
+# --------------------------------------------------------------------------- compiled IR
+
+
+def test_compiled_pipeline_structure(params, tmp_path):
+    (path,) = compile_all(params, tmp_path / "compiled")
+    assert path == tmp_path / "compiled" / "unic.yaml"
+
+    spec = yaml.safe_load(path.read_text())
+    assert spec["pipelineInfo"]["name"] == PIPELINE_NAME
+    root_tasks = spec["root"]["dag"]["tasks"]
+    assert set(root_tasks) == {"open-mlflow-run", "vidprior-unic-stages"}
+    stages_ref = root_tasks["vidprior-unic-stages"]["inputs"]["parameters"]["parent_run_id"]
+    assert stages_ref["taskOutputParameter"]["producerTask"] == "open-mlflow-run"
+
+    comps = spec["components"]
+    stage_tasks = comps["comp-vidprior-unic-stages"]["dag"]["tasks"]
+    assert set(stage_tasks) == {"exit-handler-1", "close-mlflow-run"}
+    close = stage_tasks["close-mlflow-run"]
+    assert close["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert close["inputs"]["parameters"]["status"]["taskFinalStatus"]["producerTask"] == "exit-handler-1"
+    assert close["inputs"]["parameters"]["run_id"]["componentInputParameter"] == "parent_run_id"
+    assert set(comps["comp-exit-handler-1"]["dag"]["tasks"]) == {"collect-prompts"}
+    # Tracking tasks must never be answered from the KFP cache.
+    assert not root_tasks["open-mlflow-run"]["cachingOptions"].get("enableCache", False)
+    assert not close["cachingOptions"].get("enableCache", False)
+
+    executors = spec["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-open-mlflow-run", "exec-collect-prompts", "exec-close-mlflow-run"}
+    for executor in executors.values():
+        assert executor["container"]["image"] == IMAGE
+        assert "pip install" not in " ".join(executor["container"]["command"])  # the image ships kfp
+
+    default = spec["root"]["inputDefinitions"]["parameters"]["params_yaml"]["defaultValue"]
+    assert "\n" not in default  # kfp copies defaults into the header comment; see pipelines/__init__.py
+    assert params_from_dict(yaml.safe_load(default)) == params
+
+    # kfp's own loader reads the compiled pipeline back as a component ...
+    loaded = components.load_component_from_file(str(path))
+    assert loaded.name == PIPELINE_NAME
+    assert set(loaded.component_spec.inputs) == {"params_yaml", "mlflow_tracking_uri"}
+    assert params_from_dict(yaml.safe_load(loaded.component_spec.inputs["params_yaml"].default)) == params
+    # ... that compiles again to the same IR.
+    again = tmp_path / "again.yaml"
+    compiler.Compiler().compile(loaded, str(again))
+    respec = yaml.safe_load(again.read_text())
+    assert respec["root"] == spec["root"] and respec["deploymentSpec"] == spec["deploymentSpec"]
+
+
+def test_cli_compiles_with_the_repository_params(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vidprior.cli import app
+
+    monkeypatch.setenv("VIDPRIOR_HOME", str(ROOT))
+    result = CliRunner().invoke(
+        app, ["pipelines", "compile", "--output-dir", str(tmp_path), "--params", str(ROOT / "params.yaml")]
+    )
+    assert result.exit_code == 0, result.output
+    spec = yaml.safe_load((tmp_path / "unic.yaml").read_text())
+    base = load_params([ROOT / "params.yaml"]).images.base
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {base}
+
+
+# --------------------------------------------------------------------------- kfp.local
+
+
+def run_local(pipeline, pipeline_root: Path, **arguments) -> Path:
+    """Run `pipeline` with kfp.local; return the run's directory under `pipeline_root`."""
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    pipeline(**arguments)
+    (run_dir,) = pipeline_root.glob(f"{PIPELINE_NAME}-*")  # kfp.local: <root>/<pipeline>-<timestamp>/
+    return run_dir
+
+
+def executor_metrics(task_dir: Path) -> dict:
+    """kfp.local keeps Metrics in the task's executor_output.json, not in a file at the uri."""
+    output = json.loads((task_dir / "executor_output.json").read_text())
+    (artifact,) = output["artifacts"]["metrics"]["artifacts"]
+    assert artifact["uri"] == str(task_dir / "metrics")
+    return artifact["metadata"]
+
+
+@pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")  # kfp.local: image name
+def test_local_run_end_to_end(params, tracking, tmp_path):
+    run_dir = run_local(build_unic_pipeline(params), tmp_path / "root", mlflow_tracking_uri=tracking)
+
+    task_dir = run_dir / "collect-prompts"
+    out_dir = task_dir / "output"
+    assert {p.name for p in out_dir.iterdir()} == {"manifest.parquet", "rejects.parquet"}
+    metrics = executor_metrics(task_dir)
+    assert_prompt_outputs(out_dir, metrics)
+    assert (run_dir / "open-mlflow-run" / "executor_output.json").exists()
+    assert (run_dir / "close-mlflow-run" / "executor_output.json").exists()
+
+    all_runs = runs(tracking, params.tracking.experiment)
+    parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 1
+    parent, child = parents[0], children[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["vidprior.pipeline"] == PIPELINE_NAME
+    assert parent.data.tags["vidprior.orchestrator"] == "kfp"
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.tags["vidprior.stage"] == "unic.prompts"
+    assert child.data.params[STAGE_PARAM] == str(params.unic.prompts.dedup.threshold)
+    assert child.data.params["profile"] == "tiny"
+    assert child.data.metrics["prompts_read"] == shipped_prompt_rows()
+    assert child.data.metrics["prompts_kept"] == metrics["prompts_kept"]
+    assert not (tmp_path / "home").exists()  # every task used the tracking URI argument
+
+
+@pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
+def test_local_run_closes_the_parent_run_as_failed_when_a_stage_fails(params, tracking, tmp_path):
+    data = params.model_dump(mode="json")
+    data["unic"]["prompts"]["sources"] = [str(tmp_path / "missing.csv")]
+    broken = yaml.safe_dump(data)
+
+    with pytest.raises(RuntimeError, match="collect-prompts"):
+        run_local(
+            build_unic_pipeline(params), tmp_path / "root", params_yaml=broken, mlflow_tracking_uri=tracking
+        )
+
+    (parent,) = runs(tracking, params.tracking.experiment)  # no stage run was logged
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["vidprior.pipeline"] == PIPELINE_NAME
+
+
+# --------------------------------------------------------------------------- components in-process
+
+
+def test_components_called_directly(params, tracking, tmp_path):
+    experiment = params.tracking.experiment
+    parent_id = open_mlflow_run.python_func(
+        pipeline_name="direct", experiment=experiment, mlflow_tracking_uri=tracking
+    )
+    output = Dataset(name="output", uri=str(tmp_path / "output"))
+    metrics = Metrics(name="metrics", uri=str(tmp_path / "metrics"))
+    collect_prompts.python_func(
+        params_yaml=yaml.safe_dump(params.model_dump(mode="json")),
+        output=output,
+        metrics=metrics,
+        parent_run_id=parent_id,
+        mlflow_tracking_uri=tracking,
+    )
+    status = PipelineTaskFinalStatus(
+        state="SUCCEEDED",
+        pipeline_job_resource_name="local",
+        pipeline_task_name="exit-handler-1",
+        error_code=None,
+        error_message=None,
+    )
+    close_mlflow_run.python_func(run_id=parent_id, status=status, mlflow_tracking_uri=tracking)
+
+    assert {p.name for p in Path(output.path).iterdir()} == {"manifest.parquet", "rejects.parquet"}
+    assert_prompt_outputs(Path(output.path), metrics.metadata)
+    assert all(isinstance(v, float) for v in metrics.metadata.values())
+
+    by_parent = {r.data.tags.get("mlflow.parentRunId"): r for r in runs(tracking, experiment)}
+    assert by_parent[None].info.run_id == parent_id and by_parent[None].info.status == "FINISHED"
+    assert by_parent[parent_id].data.metrics["prompts_kept"] == metrics.metadata["prompts_kept"]
