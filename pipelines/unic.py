@@ -30,14 +30,13 @@ def build_unic_pipeline(params: Params) -> graph_component.GraphComponent:
 
     Args:
         params: Resolved params. They become the default of the `params_yaml` argument; the images
-            come from `params.images` and the MLflow experiment from `params.tracking.experiment`.
+            come from `params.images`.
 
     Returns:
         The pipeline, ready for `kfp.compiler.Compiler().compile` or a `kfp.local` run.
     """
     default_params_yaml = params_yaml_default(params)
     base_image = params.images.base
-    experiment = params.tracking.experiment
 
     def on_base(task: dsl.PipelineTask) -> dsl.PipelineTask:
         return task.set_container_image(base_image)
@@ -76,7 +75,7 @@ def build_unic_pipeline(params: Params) -> graph_component.GraphComponent:
         """
         parent = on_base(
             open_mlflow_run(
-                pipeline_name=PIPELINE_NAME, experiment=experiment, mlflow_tracking_uri=mlflow_tracking_uri
+                pipeline_name=PIPELINE_NAME, params_yaml=params_yaml, mlflow_tracking_uri=mlflow_tracking_uri
             )
         )
         parent.set_caching_options(False)  # a new parent run per pipeline run, never a cached one

@@ -12,12 +12,13 @@ from components import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def open_mlflow_run(pipeline_name: str, experiment: str, mlflow_tracking_uri: str = "") -> str:
+def open_mlflow_run(pipeline_name: str, params_yaml: str, mlflow_tracking_uri: str = "") -> str:
     """Opens the MLflow parent run of one pipeline run; it stays open until `close_mlflow_run`.
 
     Args:
         pipeline_name: Pipeline name, used as the run name and the `vidprior.pipeline` tag.
-        experiment: MLflow experiment to create the run in (created when missing).
+        params_yaml: The run's params; the run goes to their `tracking.experiment` (created when
+            missing), the same experiment the stages log to.
         mlflow_tracking_uri: MLflow tracking server; empty keeps the image's environment.
 
     Returns:
@@ -28,9 +29,14 @@ def open_mlflow_run(pipeline_name: str, experiment: str, mlflow_tracking_uri: st
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
 
+    import yaml
+
+    from vidprior.config import params_from_dict
     from vidprior.registry.tracking import open_parent_run
 
-    return open_parent_run(pipeline_name, experiment, {"vidprior.orchestrator": "kfp"})
+    params = params_from_dict(yaml.safe_load(params_yaml))
+    tags = {"vidprior.orchestrator": "kfp", "vidprior.profile": params.profile}
+    return open_parent_run(pipeline_name, params.tracking.experiment, tags)
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

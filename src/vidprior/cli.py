@@ -11,8 +11,13 @@ from pathlib import Path
 import typer
 
 from vidprior.config import DEFAULT_PARAMS, Params, ParamsError, load_params, params_to_yaml
+from vidprior.stages import STAGES
 
-app = typer.Typer(help="Uni-C and UDPDiff as reproducible pipelines.", no_args_is_help=True)
+app = typer.Typer(
+    help="Uni-C and UDPDiff as reproducible pipelines.",
+    epilog="Stages: " + ", ".join(f"vidprior {name.replace('.', ' ')}" for name in STAGES),
+    no_args_is_help=True,
+)
 unic_app = typer.Typer(
     help="Uni-C: video-prior labels and a plug-and-play guidance classifier.", no_args_is_help=True
 )

@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:  # pipelines/ and components/ are repository-root 
 
 from components.data.prompts import collect_prompts  # noqa: E402
 from components.register.mlflow_run import close_mlflow_run, open_mlflow_run  # noqa: E402
+from pipelines import params_yaml_default  # noqa: E402
 from pipelines.compile import compile_all  # noqa: E402
 from pipelines.unic import PIPELINE_NAME, build_unic_pipeline  # noqa: E402
 
@@ -209,7 +210,7 @@ def test_local_run_closes_the_parent_run_as_failed_when_a_stage_fails(params, tr
 def test_components_called_directly(params, tracking, tmp_path):
     experiment = params.tracking.experiment
     parent_id = open_mlflow_run.python_func(
-        pipeline_name="direct", experiment=experiment, mlflow_tracking_uri=tracking
+        pipeline_name="direct", params_yaml=params_yaml_default(params), mlflow_tracking_uri=tracking
     )
     output = Dataset(name="output", uri=str(tmp_path / "output"))
     metrics = Metrics(name="metrics", uri=str(tmp_path / "metrics"))

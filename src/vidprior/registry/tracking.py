@@ -32,15 +32,19 @@ def project_root() -> Path:
     return here
 
 
-def tracking_uri() -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+def embedded_tracking_uri() -> str:
     return f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
+
+
 def _artifact_location() -> str | None:
-    # Only the embedded store needs an explicit place; a server decides its own artifact root.
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    # Only the embedded store needs an explicit place (else MLflow writes ./mlruns under the cwd);
+    # a server decides its own artifact root. `mlflow.set_tracking_uri` exports the variable, so
+    # compare the URI rather than test whether the variable is set.
+    if tracking_uri() != embedded_tracking_uri():
         return None
     return (project_root() / "mlartifacts").as_uri()
 

@@ -33,6 +33,28 @@ class DedupResult:
         return int(self.kept.sum())
 
 
+def _greedy_within_block(
+    block: np.ndarray, shadowed: np.ndarray, cut: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep-first inside one block, for rows not already shadowed by an earlier kept item.
+
+    Returns (kept mask, index in block of the most similar earlier kept row or -1, its similarity).
+    Only rows with an earlier in-block neighbour at or above `cut` need the sequential walk.
+    """
+    size = len(block)
+    inside = block @ block.T
+    close = np.tril(inside >= cut, k=-1)
+    kept = ~shadowed
+    best_of = np.full(size, -1, dtype=np.int64)
+    best_sim = np.full(size, -np.inf, dtype=np.float32)
+    for row in np.flatnonzero(close.any(axis=1) & ~shadowed):
+        earlier = np.flatnonzero(close[row, :row] & kept[:row])
+        if len(earlier):
+            top = earlier[np.argmax(inside[row, earlier])]
+            kept[row], best_of[row], best_sim[row] = False, top, inside[row, top]
+    return kept, best_of, best_sim
+
+
 def greedy_dedup(embeddings: np.ndarray, threshold: float, block_size: int = 4096) -> DedupResult:
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
@@ -53,28 +75,20 @@ def greedy_dedup(embeddings: np.ndarray, threshold: float, block_size: int = 409
 
         if index.ntotal:
             lims, _, labels = index.range_search(block, cut - _SEARCH_SLACK)
-            index_to_global = np.concatenate(kept_ids)
-            for row in range(size):
-                hits = labels[lims[row] : lims[row + 1]]
-                if len(hits):
-                    cand = index_to_global[hits]
-                    sims = x[cand] @ block[row]
-                    top = int(np.argmax(sims))
-                    best_sim[row], best_of[row] = sims[top], cand[top]
+            lims = lims.astype(np.int64)
+            if len(labels):
+                rows = np.repeat(np.arange(size), np.diff(lims))
+                cand = np.concatenate(kept_ids)[labels]
+                sims = np.einsum("ij,ij->i", x[cand], block[rows])  # re-scored, not faiss' distances
+                order = np.lexsort((-sims, rows))  # per row, most similar candidate first
+                first = order[np.r_[0, np.flatnonzero(np.diff(rows[order])) + 1]]
+                best_sim[rows[first]], best_of[rows[first]] = sims[first], cand[first]
 
-        inside = block @ block.T
-        block_kept = np.zeros(size, dtype=bool)
-        for row in range(size):
-            if best_sim[row] >= cut:
-                continue
-            earlier = np.flatnonzero(block_kept[:row])
-            if len(earlier):
-                sims = inside[row, earlier]
-                top = int(np.argmax(sims))
-                if sims[top] >= cut:
-                    best_sim[row], best_of[row] = sims[top], start + earlier[top]
-                    continue
-            block_kept[row] = True
+        shadowed = best_sim >= cut
+        block_kept, in_block_of, in_block_sim = _greedy_within_block(block, shadowed, cut)
+        from_block = in_block_of >= 0
+        best_of[from_block] = start + in_block_of[from_block]
+        best_sim[from_block] = in_block_sim[from_block]
 
         rows = np.arange(start, start + size)
         kept[rows] = block_kept
@@ -113,20 +127,10 @@ def greedy_dedup_bruteforce(embeddings: np.ndarray, threshold: float, block_size
     kept_rows: list[np.ndarray] = []
     for start in range(0, len(x), block_size):
         block = x[start : start + block_size]
-        if kept_rows:
-            prior = np.concatenate(kept_rows)
-            shadowed = (block @ prior.T).max(axis=1) >= cut
-        else:
-            shadowed = np.zeros(len(block), dtype=bool)
-        inside = block @ block.T
-        block_kept = np.zeros(len(block), dtype=bool)
-        for row in range(len(block)):
-            if shadowed[row]:
-                continue
-            earlier = np.flatnonzero(block_kept[:row])
-            if len(earlier) and inside[row, earlier].max() >= cut:
-                continue
-            block_kept[row] = True
+        shadowed = np.zeros(len(block), dtype=bool)
+        for prior in kept_rows:  # blocked too, so memory stays block_size x block_size
+            shadowed |= (block @ prior.T).max(axis=1, initial=-np.inf) >= cut
+        block_kept, _, _ = _greedy_within_block(block, shadowed, cut)
         kept[start : start + len(block)] = block_kept
         kept_rows.append(block[block_kept])
     return kept

@@ -179,7 +179,7 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
         "resumed_chunks": embed_store.reused + (llm_store.reused if llm_store else 0),
         "embed_seconds": round(embed_seconds, 4),
         "dedup_seconds": round(dedup_seconds, 4),
-        "seconds": round(time.perf_counter() - started, 4),
+        "stage_seconds": round(time.perf_counter() - started, 4),
     }
     metrics.update({f"rejected_{reason}": count for reason, count in sorted(reasons.items())})
     return metrics

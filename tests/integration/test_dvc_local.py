@@ -1,0 +1,84 @@
+"""`make run`'s path on a fresh copy of the repository: dvc repro under an MLflow parent run."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+OUT = "data/unic/prompts"
+
+
+def _sh(cmd, cwd, env):
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def _out_hashes(lock: Path) -> dict:
+    stages = yaml.safe_load(lock.read_text())["stages"]
+    return {name: [o["md5"] for o in stage.get("outs", [])] for name, stage in stages.items()}
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(tmp_path_factory):
+    """The files a clone would have (tracked + untracked-not-ignored), as a new git repository."""
+    dest = tmp_path_factory.mktemp("clone")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file() and not name.startswith(("data/", "dvcstore/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "VIDPRIOR_"))}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
+        _sh(cmd, dest, env)
+    _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], dest, env)
+    return dest, env
+
+
+def test_local_repro_writes_outputs_and_nested_mlflow_runs(fresh_clone):
+    clone, env = fresh_clone
+    committed = _out_hashes(clone / "dvc.lock") if (clone / "dvc.lock").exists() else None
+
+    _sh(["vidprior", "local", "repro"], clone, env)
+
+    manifest = pd.read_parquet(clone / OUT / "manifest.parquet")
+    rejects = pd.read_parquet(clone / OUT / "rejects.parquet")
+    assert len(manifest) > 100 and set(manifest["id"]).isdisjoint(rejects["id"])
+    if committed is not None:  # the committed lock's outputs are reproduced bit for bit
+        assert _out_hashes(clone / "dvc.lock") == committed
+
+    mlflow.set_tracking_uri(f"sqlite:///{clone / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parents = [r for r in runs if r.data.tags.get("vidprior.pipeline") == "local-dvc"]
+    stages = [r for r in runs if r.data.tags.get("vidprior.stage") == "unic.prompts"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(stages) == 1 and stages[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert stages[0].data.metrics["prompts_kept"] == len(manifest)
+    assert stages[0].data.params["unic.prompts.dedup.threshold"] == "0.8"
+    assert (clone / "mlartifacts").is_dir() and not (clone / "mlruns").exists()
+
+
+def test_second_repro_has_nothing_to_do_and_push_reaches_default_remote(fresh_clone):
+    clone, env = fresh_clone
+    if not (clone / OUT / "manifest.parquet").exists():
+        _sh(["dvc", "repro"], clone, env)
+    output = _sh(["dvc", "repro"], clone, env)
+    assert "Data and pipelines are up to date" in output
+    assert "Running stage" not in output
+    assert "up to date" in _sh(["dvc", "status"], clone, env)
+    _sh(["dvc", "push"], clone, env)
+    assert any((clone / "dvcstore").rglob("*")), "nothing reached the default local remote"
