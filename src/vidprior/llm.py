@@ -175,6 +175,9 @@ class ChatClient:
             raise LLMError(
                 f"non-JSON response from {self.url}: {_excerpt(_redact(resp.text, key))!r}"
             ) from None
+        if key and key in json.dumps(raw):
+            # A server or model that echoes the key must not carry it into caller logs or outputs.
+            raw = json.loads(_redact(json.dumps(raw), key))
         try:
             choice = raw["choices"][0]
             message = choice["message"]

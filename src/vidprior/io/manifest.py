@@ -73,8 +73,8 @@ def write_rejects(df: pd.DataFrame, out_dir: Path) -> Path:
     for column in REJECT_COLUMNS:
         if column not in df.columns:
             df = df.assign(**{column: pd.Series(dtype="string")})
-    if df["reason"].isna().any():
-        raise ManifestError("every reject needs a reason")
+    if (df["reason"].isna() | (df["reason"].astype("string").str.strip() == "")).any():
+        raise ManifestError("every reject needs a non-empty reason")
     ordered = REJECT_COLUMNS + [c for c in df.columns if c not in REJECT_COLUMNS]
     return write_table(df[ordered], Path(out_dir) / REJECTS)
 

@@ -13,6 +13,11 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _dtype_suffix(dtype: str) -> str:
+    # Part of the id because outputs (embeddings, checkpoints keyed by this id) depend on it.
+    return "" if dtype == "float32" else f":{dtype}"
+
+
 class TinySpec(StrictModel):
     seed: int = Field(0, ge=0)
 
@@ -37,8 +42,8 @@ class ModelSpec(StrictModel):
     def model_id(self) -> str:
         """Provenance string recorded in manifests."""
         if self.pretrained is not None:
-            return f"{self.pretrained}@{self.revision or 'main'}"
-        return f"tiny-random(seed={self.tiny.seed})"
+            return f"{self.pretrained}@{self.revision or 'main'}{_dtype_suffix(self.dtype)}"
+        return f"tiny-random(seed={self.tiny.seed}){_dtype_suffix(self.dtype)}"
 
 
 class HashingSpec(StrictModel):
@@ -76,5 +81,5 @@ class TextEmbedderSpec(StrictModel):
             h = self.hashing
             return f"hashing(dim={h.dim},char_wb={h.ngram_min}-{h.ngram_max})"
         if self.pretrained is not None:
-            return f"{self.pretrained}@{self.revision or 'main'}"
-        return f"tiny-random-clip(seed={self.tiny.seed})"
+            return f"{self.pretrained}@{self.revision or 'main'}{_dtype_suffix(self.dtype)}"
+        return f"tiny-random-clip(seed={self.tiny.seed}){_dtype_suffix(self.dtype)}"

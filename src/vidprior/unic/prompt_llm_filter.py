@@ -2,7 +2,9 @@
 motionless prompts), through any OpenAI-compatible chat endpoint.
 
 An unanswerable item (transport failure after retries, malformed or refused answer) is never
-guessed: it is rejected as `llm_unanswered` with the error, so a later run can retry it.
+guessed: it is rejected as `llm_unanswered` with the error. A resumed run reuses checkpointed
+verdicts, unanswered ones included; the next complete run (checkpoints are cleared on success)
+asks again.
 """
 
 from __future__ import annotations

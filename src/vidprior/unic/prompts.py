@@ -130,7 +130,7 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
     dedup_seconds = time.perf_counter() - dedup_started
     if result is not None:
         dropped = ~result.kept
-        dups = _reject(prompts[dropped], "dedup", "duplicate", "")
+        dups = _reject(prompts[dropped], "dedup", "duplicate", "")  # detail is filled in below
         dups["duplicate_of"] = prompts["id"].to_numpy()[result.duplicate_of[dropped]]
         dups["similarity"] = result.similarity[dropped].astype(float)
         dups["detail"] = [
@@ -163,6 +163,9 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
         if any(len(r) for r in rejects)
         else pd.DataFrame()
     )
+    for column, dtype in (("duplicate_of", "string"), ("similarity", "float64")):
+        if column not in all_rejects.columns:  # same schema whether or not duplicates were found
+            all_rejects[column] = pd.Series(dtype=dtype, index=all_rejects.index)
     if len(manifest) + len(all_rejects) != n_input:  # the contract: every input row is accounted for
         raise AssertionError(f"{STAGE}: {len(manifest)} kept + {len(all_rejects)} rejected != {n_input} read")
 
@@ -192,7 +195,9 @@ def _llm_filter(prompts: pd.DataFrame, params: Params, output_dir: Path):
     store = ChunkStore(
         output_dir,
         "llm_filter",
-        _fingerprint(prompt_llm_filter.PROMPT_VERSION, cfg.llm_filter.model, cfg.llm_filter.base_url, texts),
+        _fingerprint(
+            prompt_llm_filter.PROMPT_VERSION, cfg.llm_filter.model, cfg.llm_filter.base_url, chunk, texts
+        ),
     )
     client = prompt_llm_filter.make_client(cfg.llm_filter)
     keep = np.zeros(len(texts), dtype=bool)
