@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from vidprior.models.spec import ModelSpec, StrictModel, TextEmbedderSpec
+from vidprior.models.spec import ModelSpec, StrictModel, TextEmbedderSpec, TinySpec
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -41,6 +41,8 @@ class ImagesParams(StrictModel):
 class ModelsParams(StrictModel):
     sd15: ModelSpec
     svd: ModelSpec
+    # PIA's motion adapter (`openmmlab/PIA-condition-adapter`); it animates `sd15`, its base model.
+    pia: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
     cogvideox: ModelSpec
 
 
@@ -93,6 +95,84 @@ class GenerateImagesParams(StrictModel):
     width: int = Field(512, ge=8)
     steps: int = Field(50, ge=1)
     guidance_scale: float = Field(7.5, ge=0)
+    # Images per pipeline call; seeds are per image, so the batch size never changes an image.
+    batch_size: int = Field(8, ge=1)
+
+
+class GenerateVideosParams(StrictModel):
+    # "svd" is the paper's labeller; "pia" the alternative of Uni-C Suppl. X (SD 1.5 + PIA adapter).
+    model: Literal["svd", "pia"] = "svd"
+    frames: int = Field(14, ge=2)
+    fps: int = Field(7, ge=1)
+    height: int = Field(512, ge=8)
+    width: int = Field(512, ge=8)
+    steps: int = Field(25, ge=1)
+    # SVD conditioning: motion bucket id and noise augmentation of the conditioning image.
+    motion_bucket_id: int = Field(127, ge=0, le=255)
+    noise_aug_strength: float = Field(0.02, ge=0)
+    decode_chunk_size: int = Field(8, ge=1)
+    # PIA conditioning: text guidance and its motion preset (0-2 small, 3-5 moderate, 6-8 loop).
+    pia_guidance_scale: float = Field(7.5, ge=0)
+    pia_motion_scale: int = Field(0, ge=0, le=8)
+    batch_size: int = Field(1, ge=1)
+    # mp4 quality (x264 CRF): low enough that compression barely moves the flow statistics.
+    crf: int = Field(18, ge=0, le=51)
+
+
+class FlowParams(StrictModel):
+    # "dis" (OpenCV DIS, fast) or "farneback"; both CPU. vidprior.flow admits more backends (RAFT).
+    backend: Literal["dis", "farneback"] = "dis"
+    # Frames are resized to this before flow, so thresholds in pixels mean the same for every video.
+    analysis_height: int = Field(256, ge=16)
+    analysis_width: int = Field(256, ge=16)
+
+
+class FlowRuleParams(StrictModel):
+    """Uni-C Suppl. VI flow filter; see vidprior.unic.flow_rule for the interpretation."""
+
+    overall_factor: float = Field(1.0, ge=0)  # negative if mean(|w|) < overall_factor * var(|w|)
+    axis_factor: float = Field(5.0, ge=0)  # negative if both axes have mean < axis_factor * var
+    # Negative if the mean flow magnitude (px at the analysis resolution) is below this floor.
+    min_mean_magnitude: float = Field(0.5, ge=0)
+
+
+class JudgeEndpointParams(StrictModel):
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "gpt-4o"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_workers: int = Field(8, ge=1, le=256)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    max_tokens: int = Field(300, ge=16)
+
+
+class OfflineJudgeParams(StrictModel):
+    """Thresholds of the offline approximation of the five criteria (vidprior.unic.offline_judge)."""
+
+    min_object_area: float = Field(0.10, ge=0, le=1)  # criterion 1, the paper's 10%
+    min_consistency: float = Field(0.5, ge=-1, le=1)  # criterion 3
+    min_motion_px: float = Field(0.5, ge=0)  # criterion 4
+    min_residual_px: float = Field(0.5, ge=0)  # criterion 5: object motion beyond the camera's
+
+
+class JudgeParams(StrictModel):
+    # "offline" is the embedded default (no endpoint needed); "llm" calls the vision-LLM endpoint.
+    backend: Literal["offline", "llm"] = "offline"
+    # Judge the SD image alone, not its video (the paper's Image-Priors ablation).
+    image_only: bool = False
+    frames: int = Field(4, ge=1)
+    # The paper judges only the videos the flow rule kept; false judges every video.
+    only_flow_passed: bool = True
+    # Answers cached by (content hash, judge prompt version, model) outside the stage output, which
+    # DVC deletes before a rerun; a rerun over the same videos then costs no endpoint calls.
+    cache_dir: str = ".cache/vidprior/judge"
+    endpoint: JudgeEndpointParams = JudgeEndpointParams()
+    offline: OfflineJudgeParams = OfflineJudgeParams()
+
+
+class ReviewParams(StrictModel):
+    # Random positives exported for the manual check (the paper: 1,000 checked by experts).
+    sample_size: int = Field(1000, ge=1)
 
 
 class ClassifierTrainParams(StrictModel):
@@ -114,7 +194,14 @@ class GuidanceLambdas(StrictModel):
 
 class UnicParams(StrictModel):
     prompts: PromptsParams
+    # Shards the generation stages (images, videos) are split into on Kubeflow (`dsl.ParallelFor`).
+    shards: int = Field(1, ge=1, le=1024)
     images: GenerateImagesParams = GenerateImagesParams()
+    videos: GenerateVideosParams = GenerateVideosParams()
+    flow: FlowParams = FlowParams()
+    flow_rule: FlowRuleParams = FlowRuleParams()
+    judge: JudgeParams = JudgeParams()
+    review: ReviewParams = ReviewParams()
     train: ClassifierTrainParams = ClassifierTrainParams()
     lambdas: GuidanceLambdas = GuidanceLambdas()
 
