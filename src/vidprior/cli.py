@@ -44,12 +44,24 @@ def _load(paths: list[Path]) -> Params:
         raise typer.Exit(2) from None
 
 
-def _execute(stage: str, params_files: list[Path], inputs, output: Path, metrics: Path | None, track: bool):
+def _execute(
+    stage: str,
+    params_files: list[Path],
+    inputs,
+    output: Path,
+    metrics: Path | None,
+    track: bool,
+    shard: str | None = None,
+):
+    from vidprior.io.shards import Shard
     from vidprior.stages import execute
 
     params = _load(params_files)
     try:
-        result = execute(stage, params, inputs or None, output, metrics_path=metrics, track=track)
+        parsed_shard = Shard.parse(shard) if shard else None
+        result = execute(
+            stage, params, inputs or None, output, shard=parsed_shard, metrics_path=metrics, track=track
+        )
     except (ValueError, RuntimeError, OSError) as exc:
         typer.echo(f"{stage}: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -68,6 +80,123 @@ def unic_prompts(
 ):
     """Collect, filter and de-duplicate prompts (Uni-C data, step 1)."""
     _execute("unic.prompts", params, input, output, metrics, track)
+
+
+OutputOption = typer.Option(..., "--output", "-o", help="Output directory (manifest + rejects + media).")
+MetricsOption = typer.Option(None, help="Write the stage metrics as JSON here.")
+TrackOption = typer.Option(True, help="Log the stage as an MLflow run.")
+ShardOption = typer.Option(
+    None, "--shard", help="Process only shard i of n ('i/n'); merge with `io merge-shards`."
+)
+
+
+def _dir(help_text: str):
+    return typer.Option(..., exists=True, file_okay=False, help=help_text)
+
+
+@unic_app.command("images")
+def unic_images(
+    prompts: Path = _dir("Output of `unic prompts`."),
+    output: Path = OutputOption,
+    shard: str | None = ShardOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Stable Diffusion images, `unic.images.per_prompt` per prompt, one recorded seed each."""
+    _execute("unic.images", params, [prompts], output, metrics, track, shard)
+
+
+@unic_app.command("videos")
+def unic_videos(
+    images: Path = _dir("Output of `unic images`."),
+    output: Path = OutputOption,
+    shard: str | None = ShardOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Image-to-video (SVD, or PIA with `unic.videos.model: pia`) for every image, as H.264 mp4."""
+    _execute("unic.videos", params, [images], output, metrics, track, shard)
+
+
+@unic_app.command("flow")
+def unic_flow(
+    videos: Path = _dir("Output of `unic videos`."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Optical-flow statistics per video and the paper's flow rule."""
+    _execute("unic.flow", params, [videos], output, metrics, track)
+
+
+@unic_app.command("judge")
+def unic_judge(
+    videos: Path | None = typer.Option(None, exists=True, file_okay=False, help="Output of `unic videos`."),
+    flow: Path | None = typer.Option(None, exists=True, file_okay=False, help="Output of `unic flow`."),
+    images: Path | None = typer.Option(
+        None,
+        exists=True,
+        file_okay=False,
+        help="Output of `unic images` (image-only mode, instead of videos).",
+    ),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """The five criteria (vision-LLM endpoint, or the offline judge) for videos the flow rule kept."""
+    if images is not None and (videos is not None or flow is not None):
+        typer.echo("unic.judge: give --images (image-only mode) or --videos and --flow, not both", err=True)
+        raise typer.Exit(2)
+    _execute("unic.judge", params, [images] if images else [videos, flow], output, metrics, track)
+
+
+@unic_app.command("labels")
+def unic_labels(
+    images: Path = _dir("Output of `unic images`."),
+    judge: Path = _dir("Output of `unic judge`."),
+    videos: Path | None = typer.Option(None, exists=True, file_okay=False, help="Output of `unic videos`."),
+    flow: Path | None = typer.Option(None, exists=True, file_okay=False, help="Output of `unic flow`."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """The training table: one label per image, decided by the flow rule or the judge."""
+    inputs = [images, judge] if videos is None and flow is None else [images, videos, flow, judge]
+    _execute("unic.labels", params, inputs, output, metrics, track)
+
+
+@unic_app.command("validate")
+def unic_validate(
+    images: Path = _dir("Output of `unic images`."),
+    videos: Path = _dir("Output of `unic videos`."),
+    flow: Path = _dir("Output of `unic flow`."),
+    labels: Path = _dir("Output of `unic labels`."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Great Expectations suites on the flow statistics and the labels; exit 1 if one fails."""
+    _execute("unic.validate", params, [images, videos, flow, labels], output, metrics, track)
+
+
+@unic_app.command("review")
+def unic_review(
+    labels: Path = _dir("Output of `unic labels`."),
+    images: Path = _dir("Output of `unic images`."),
+    videos: Path | None = typer.Option(None, exists=True, file_okay=False, help="Output of `unic videos`."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """An HTML page of random positives (frame strips + verdicts) for the manual check."""
+    _execute("unic.review", params, [labels, images] + ([videos] if videos else []), output, metrics, track)
 
 
 @params_app.command("show")

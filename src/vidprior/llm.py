@@ -20,7 +20,15 @@ from typing import Any
 
 import requests
 
-__all__ = ["ChatAnswer", "ChatClient", "EndpointConfig", "LLMError", "MalformedAnswer", "parse_json_answer"]
+__all__ = [
+    "ChatAnswer",
+    "ChatClient",
+    "EndpointConfig",
+    "EndpointRejected",
+    "LLMError",
+    "MalformedAnswer",
+    "parse_json_answer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,19 @@ class LLMError(RuntimeError):
 
 class MalformedAnswer(LLMError):
     """The model answered, but not in the format that was asked for."""
+
+
+class EndpointRejected(LLMError):
+    """The endpoint refused the request itself (HTTP 4xx other than 429), so retrying cannot help.
+
+    `code` is the error body's `error.code` (or `error.type`) when it has one, so callers can tell a
+    per-request content-policy rejection from a configuration error such as a bad key.
+    """
+
+    def __init__(self, message: str, status: int, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -141,9 +162,14 @@ class ChatClient:
                 # before any of it reaches an exception or a log line.
                 if resp.status_code == 200:
                     return self._decode(resp, key)
-                message = _server_message(_redact(resp.text, key), resp.reason)
+                text = _redact(resp.text, key)
+                message = _server_message(text, resp.reason)
                 if resp.status_code != 429 and resp.status_code < 500:
-                    raise LLMError(f"HTTP {resp.status_code} from {self.url}: {message}")
+                    raise EndpointRejected(
+                        f"HTTP {resp.status_code} from {self.url}: {message}",
+                        resp.status_code,
+                        _error_code(text),
+                    )
                 last_failure = f"HTTP {resp.status_code}: {message}"
                 retry_after = _retry_after(resp)
             if attempt == attempts:
@@ -209,6 +235,17 @@ def _server_message(text: str, reason: str | None) -> str:
     if isinstance(error, str):
         return _excerpt(error)
     return _excerpt(json.dumps(payload))
+
+
+def _error_code(text: str) -> str | None:
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code") or error.get("type")
+    return _excerpt(str(code), 80) if code else None
 
 
 def _retry_after(resp: requests.Response) -> float | None:

@@ -6,6 +6,7 @@ the same way wherever it runs.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,28 +15,53 @@ from pathlib import Path
 from vidprior.config import Params, flatten
 from vidprior.io.atomic import write_text_atomic
 from vidprior.io.manifest import MANIFEST, REJECTS
+from vidprior.io.shards import Shard
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    params_section: str  # dotted params section the stage reads; logged as the run's params
-    run: Callable[[Params, Sequence[Path | str] | None, Path], dict[str, float]]
+    params_section: str  # dotted params section the stage reads, logged as the run's params ("" = none)
+    run: Callable[..., dict[str, float]]  # run(params, inputs, output_dir[, shard])
+    inputs: tuple[str, ...] = ()  # what each positional input directory is, in order
+    shardable: bool = False  # accepts `shard=Shard` (generation stages fanned out on Kubeflow)
 
 
-def _prompts_stage() -> Stage:
-    from vidprior.unic import prompts
+def _stage(module: str, section: str, inputs: tuple[str, ...] = (), shardable: bool = False):
+    def factory() -> Stage:
+        stage_module = importlib.import_module(module)
+        return Stage(stage_module.STAGE, section, stage_module.run, inputs, shardable)
 
-    return Stage(prompts.STAGE, "unic.prompts", prompts.run)
+    return factory
 
 
-STAGES: dict[str, Callable[[], Stage]] = {"unic.prompts": _prompts_stage}
+STAGES: dict[str, Callable[[], Stage]] = {
+    "unic.prompts": _stage("vidprior.unic.prompts", "unic.prompts", ("prompt files",)),
+    "unic.images": _stage("vidprior.unic.images", "unic.images", ("prompts",), shardable=True),
+    "unic.videos": _stage("vidprior.unic.videos", "unic.videos", ("images",), shardable=True),
+    "unic.flow": _stage("vidprior.unic.flow_stats", "unic.flow", ("videos",)),
+    "unic.judge": _stage("vidprior.unic.judge", "unic.judge", ("videos", "flow")),
+    "unic.labels": _stage("vidprior.unic.labels", "unic", ("images", "videos", "flow", "judge")),
+    "unic.validate": _stage("vidprior.unic.validate", "", ("images", "videos", "flow", "labels")),
+    "unic.review": _stage("vidprior.unic.review_stage", "unic.review", ("labels", "images", "videos")),
+}
+# A stage may write files for people (plots, validation reports, review pages) under this folder of
+# its output; they are logged as MLflow artifacts of the stage's run.
+REPORT_DIR = "report"
+
+
+# Metrics that describe how a run went rather than what it produced: resumed work, cache hits.
+RUN_DEPENDENT_PREFIXES = ("resumed_", "cache_")
 
 
 def reproducible(metrics: dict[str, float]) -> dict[str, float]:
-    """Metrics that depend only on inputs and params: timings and resume counts are left to MLflow,
-    so the DVC metrics file (committed to git) changes only when the results do."""
-    return {k: v for k, v in metrics.items() if not (k.endswith("_seconds") or k.startswith("resumed_"))}
+    """Metrics that depend only on inputs and params: timings, resume counts and cache hits are left
+    to MLflow, so the DVC metrics file (committed to git) changes only when the results do."""
+    return {
+        k: v
+        for k, v in metrics.items()
+        if not (k.endswith("_seconds") or k.startswith(RUN_DEPENDENT_PREFIXES))
+    }
 
 
 def execute(
@@ -44,31 +70,102 @@ def execute(
     inputs: Sequence[Path | str] | None,
     output_dir: Path,
     *,
+    shard: Shard | None = None,
     metrics_path: Path | None = None,
     parent_run_id: str | None = None,
     track: bool = True,
 ) -> dict[str, float]:
+    """Run a stage; write its reproducible metrics for DVC; log it as an MLflow run.
+
+    A stage that raises is still logged (status FAILED, with whatever report it saved, e.g. a failed
+    validation suite) before the error propagates.
+    """
+    if stage_name not in STAGES:
+        raise ValueError(f"unknown stage {stage_name!r}; expected one of {sorted(STAGES)}")
     stage = STAGES[stage_name]()
-    metrics = stage.run(params, inputs, Path(output_dir))
+    if shard is not None and not stage.shardable:
+        raise ValueError(
+            f"{stage_name} does not take a shard: only the generation stages (images, videos) do"
+        )
+    output_dir = Path(output_dir)
+    extra = {"shard": shard} if shard is not None else {}
+    try:
+        metrics = stage.run(params, inputs, output_dir, **extra)
+    except Exception as exc:
+        if track:
+            _log(stage, params, {}, output_dir, parent_run_id, shard, status="FAILED", error=str(exc))
+        raise
     if metrics_path is not None:
         write_text_atomic(
             Path(metrics_path), json.dumps(reproducible(metrics), indent=2, sort_keys=True) + "\n"
         )
     if track:
-        from vidprior.registry.tracking import log_stage
-
-        logged = {
-            **flatten(params.section(stage.params_section), f"{stage.params_section}."),
-            "profile": params.profile,
-            "seed": params.seed,
-        }
-        log_stage(
-            stage.name,
-            params.tracking.experiment,
-            logged,
-            metrics,
-            parent_run_id=parent_run_id,
-            tags={"vidprior.params_digest": params.digest(), "vidprior.output": str(output_dir)},
-            artifacts={"rejects": Path(output_dir) / REJECTS, "manifest": Path(output_dir) / MANIFEST},
-        )
+        _log(stage, params, metrics, output_dir, parent_run_id, shard)
     return metrics
+
+
+def _log(stage, params, metrics, output_dir, parent_run_id, shard, status="FINISHED", error=""):
+    from vidprior.registry.tracking import log_stage
+
+    section = (
+        flatten(params.section(stage.params_section), f"{stage.params_section}.")
+        if stage.params_section
+        else {}
+    )
+    logged = {**section, "profile": params.profile, "seed": params.seed}
+    tags = {"vidprior.params_digest": params.digest(), "vidprior.output": str(output_dir)}
+    if shard is not None:
+        tags["vidprior.shard"] = str(shard)
+    if error:
+        tags["vidprior.error"] = error[:5000]
+    log_stage(
+        stage.name if shard is None else f"{stage.name}[{shard}]",
+        params.tracking.experiment,
+        logged,
+        metrics,
+        parent_run_id=parent_run_id,
+        tags=tags,
+        artifacts={
+            "rejects": output_dir / REJECTS,
+            "manifest": output_dir / MANIFEST,
+            REPORT_DIR: output_dir / REPORT_DIR,
+        },
+        status=status,
+    )
+
+
+def execute_for_component(
+    stage_name: str,
+    params_yaml: str,
+    inputs: Sequence[str | None],
+    output_path: str,
+    metrics_artifact,
+    *,
+    shard: str = "",
+    parent_run_id: str = "",
+    mlflow_tracking_uri: str = "",
+) -> dict[str, float]:
+    """What every KFP stage component does, kept here so the components stay one call thin.
+
+    `metrics_artifact` is the component's `Output[Metrics]`; every stage metric is logged to it.
+    """
+    import os
+
+    import yaml
+
+    from vidprior.config import params_from_dict
+
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    params = params_from_dict(yaml.safe_load(params_yaml))
+    result = execute(
+        stage_name,
+        params,
+        [i for i in inputs if i] or None,
+        Path(output_path),
+        shard=Shard.parse(shard) if shard else None,
+        parent_run_id=parent_run_id or None,
+    )
+    for name, value in sorted(result.items()):
+        metrics_artifact.log_metric(name, float(value))
+    return result

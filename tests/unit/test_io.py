@@ -88,7 +88,7 @@ def test_merge_shards_joins_and_refuses_overlap(tmp_path):
         write_rejects(pd.DataFrame({"id": [f"r{i}"], "stage": ["s"], "reason": ["why"]}), shard_dir)
         dirs.append(shard_dir)
     stats = merge_shards(dirs, tmp_path / "merged")
-    assert stats == {"items": 50, "rejects": 3, "shards": 3}
+    assert stats == {"items": 50, "rejects": 3, "shards": 3, "media": 0}
     assert sorted(read_manifest(tmp_path / "merged")["id"]) == sorted(df["id"])
     with pytest.raises(ManifestError, match="duplicate id"):
         merge_shards([dirs[0], dirs[0]], tmp_path / "bad")

@@ -1,17 +1,15 @@
 """The `unic.prompts` stage end to end: the manifest/rejects contract, sources, rules, cap, LLM filter, CLI.
 
-The LLM filter runs against a real HTTP server on 127.0.0.1 that speaks OpenAI chat completions.
+The LLM filter runs against a real HTTP server on 127.0.0.1 that speaks OpenAI chat completions
+(the `chat_server` fixture of tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +24,9 @@ from vidprior.io.manifest import read_manifest, read_rejects
 from vidprior.models import build_text_embedder
 from vidprior.unic import prompt_llm_filter, prompts
 from vidprior.unic.prompt_sources import PromptSourceError, builtin_path
+
+if TYPE_CHECKING:
+    from conftest import ChatServer, Recorded
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS_FILE = ROOT / "params.yaml"
@@ -60,8 +61,10 @@ def _deep_update(base: dict, update: dict) -> dict:
 
 
 def params_data(prompts_update: dict | None = None) -> dict:
-    """params.yaml as a dict, with `unic.prompts` deep-updated."""
+    """params.yaml as a dict, uncapped (the tiny run's `max_prompts` is a run-time budget, not part of
+    the contract tested here), with `unic.prompts` deep-updated."""
     data = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
+    data["unic"]["prompts"]["max_prompts"] = None
     data["unic"]["prompts"] = _deep_update(data["unic"]["prompts"], copy.deepcopy(prompts_update or {}))
     return data
 
@@ -401,16 +404,22 @@ MALFORMED_MARK = "violinist"
 class FakeChat:
     """Judges each prompt by its text: 'robot' -> reject, the violinist -> not JSON, else keep."""
 
-    def __init__(self) -> None:
-        self.base_url = ""
-        self.requests: list[dict[str, Any]] = []
+    def __init__(self, server: ChatServer) -> None:
+        self.server = server
         self.malformed_answer = "Sure! This prompt looks fine to me."
-        self._lock = threading.Lock()
 
-    def answer(self, headers: dict[str, str], body: dict[str, Any]) -> str:
-        prompt = body["messages"][-1]["content"].removeprefix("Prompt: ")
-        with self._lock:
-            self.requests.append({"headers": headers, "body": body, "prompt": prompt})
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        return [
+            {"headers": r.headers, "body": r.body, "prompt": _prompt_of(r.body)} for r in self.server.requests
+        ]
+
+    def __call__(self, request: Recorded) -> str:
+        prompt = _prompt_of(request.body)
         if MALFORMED_MARK in prompt:
             return self.malformed_answer
         if "robot" in prompt:
@@ -418,54 +427,16 @@ class FakeChat:
         return json.dumps({"keep": True, "reason": "clear motion"})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        content = self.server.fake.answer(headers, json.loads(raw))  # type: ignore[attr-defined]
-        payload = json.dumps(
-            {
-                "id": "chatcmpl-test",
-                "object": "chat.completion",
-                "model": MODEL,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                    }
-                ],
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
+def _prompt_of(body: dict[str, Any]) -> str:
+    return body["messages"][-1]["content"].removeprefix("Prompt: ")
 
 
 @pytest.fixture
-def chat(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeChat]:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+def chat(chat_server: ChatServer, monkeypatch: pytest.MonkeyPatch) -> FakeChat:
     monkeypatch.setenv(KEY_ENV, SECRET)
-    fake = FakeChat()
-    httpd = _Server(("127.0.0.1", 0), _Handler)
-    httpd.fake = fake  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    fake.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    yield fake
-    httpd.shutdown()
-    httpd.server_close()
+    fake = FakeChat(chat_server)
+    chat_server.responder = fake
+    return fake
 
 
 def llm_params(chat: FakeChat, **prompts_update: Any) -> Params:

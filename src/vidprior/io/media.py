@@ -50,17 +50,16 @@ def write_video(path: Path, frames: np.ndarray, fps: int, *, crf: int = 18) -> P
     if height % 2 or width % 2:
         # yuv420p subsamples chroma by 2 in each direction, so x264 refuses odd sizes.
         raise MediaError(f"{path}: H.264 (yuv420p) needs an even width and height, got {width}x{height}")
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(int(fps)))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            # Single-threaded, no B-frame lookahead jitter: the same frames give the same bytes.
-            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(int(fps)))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # Single-threaded, no B-frame lookahead jitter: the same frames give the same bytes.
+        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
     return path
 
 

@@ -14,6 +14,7 @@ _EXPORTS = {
     "vidprior.models.loading": ("ModelUnavailableError", "hub_reachable", "load_pretrained"),
     "vidprior.models.sd15": ("SD15_ID", "SD15Parts", "build_sd15"),
     "vidprior.models.svd": ("SVD_ID", "SVDParts", "build_svd"),
+    "vidprior.models.pia": ("PIA_ADAPTER_ID", "PIAParts", "build_pia"),
     "vidprior.models.cogvideox": ("COGVIDEOX_2B_ID", "COGVIDEOX_ID", "CogVideoXParts", "build_cogvideox"),
     "vidprior.models.text_embedder": (
         "CLIP_TEXT_ID",
@@ -28,6 +29,7 @@ __all__ = [
     "CLIP_TEXT_ID",
     "COGVIDEOX_2B_ID",
     "COGVIDEOX_ID",
+    "PIA_ADAPTER_ID",
     "SD15_ID",
     "SVD_ID",
     "ClipTextEmbedder",
@@ -36,12 +38,14 @@ __all__ = [
     "HashingTextEmbedder",
     "ModelSpec",
     "ModelUnavailableError",
+    "PIAParts",
     "SD15Parts",
     "SVDParts",
     "TextEmbedder",
     "TextEmbedderSpec",
     "TinySpec",
     "build_cogvideox",
+    "build_pia",
     "build_sd15",
     "build_svd",
     "build_text_embedder",
@@ -53,6 +57,7 @@ assert sorted(__all__) == sorted(_MODULE_OF)
 if TYPE_CHECKING:
     from vidprior.models.cogvideox import COGVIDEOX_2B_ID, COGVIDEOX_ID, CogVideoXParts, build_cogvideox
     from vidprior.models.loading import ModelUnavailableError, hub_reachable, load_pretrained
+    from vidprior.models.pia import PIA_ADAPTER_ID, PIAParts, build_pia
     from vidprior.models.sd15 import SD15_ID, SD15Parts, build_sd15
     from vidprior.models.spec import HashingSpec, ModelSpec, TextEmbedderSpec, TinySpec
     from vidprior.models.svd import SVD_ID, SVDParts, build_svd

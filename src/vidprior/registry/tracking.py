@@ -105,8 +105,9 @@ def log_stage(
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
     artifacts: Mapping[str, Path] | None = None,
+    status: str = "FINISHED",
 ) -> str:
-    """Record a finished stage as a run, nested under the pipeline run when one is known."""
+    """Record a finished (or failed) stage as a run, nested under the pipeline run when one is known."""
     import mlflow
     from mlflow.entities import Metric, Param
 
@@ -126,9 +127,11 @@ def log_stage(
             metrics=[Metric(k, float(v), now_ms, 0) for k, v in sorted(metrics.items())],
         )
         for name, path in (artifacts or {}).items():
-            if Path(path).exists():
+            if Path(path).is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path=name)
+            elif Path(path).exists():
                 client.log_artifact(run_id, str(path), artifact_path=name)
-        client.set_terminated(run_id, "FINISHED")
+        client.set_terminated(run_id, status)
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -13,9 +13,7 @@ import numpy as np
 
 # Uni-C Suppl. VI, verbatim; the JSON answer has one boolean per key, in this order.
 CRITERIA: dict[str, str] = {
-    "c1_object_visible": (
-        "The objects are visible, and their size takes up at least 10% of the image."
-    ),
+    "c1_object_visible": ("The objects are visible, and their size takes up at least 10% of the image."),
     "c2_not_distorted": (
         "None of the objects should appear distorted, and their appearance must be consistent "
         "with real-world scenarios."
