@@ -34,6 +34,7 @@ test: lint
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/dedup.py
+	$(BIN)/python benchmarks/flow.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -32,13 +32,26 @@ from pipelines.unic import PIPELINE_NAME, build_unic_pipeline  # noqa: E402
 pytestmark = pytest.mark.integration
 
 IMAGE = "registry.example/vidprior/base:test"
+LABEL_IMAGE = "registry.example/vidprior/label:test"
+STAGE_TASKS = {
+    "collect-prompts",
+    "merge-shards",
+    "merge-shards-2",
+    "measure-flow",
+    "judge-videos",
+    "join-labels",
+    "validate-unic-data",
+    "export-review",
+}
 STAGE_PARAM = "unic.prompts.dedup.threshold"
 
 
 @pytest.fixture
 def params():
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data.setdefault("images", {})["base"] = IMAGE  # prove the image comes from params
+    data.setdefault("images", {})["base"] = IMAGE  # prove the images come from params
+    data["images"]["label"] = LABEL_IMAGE
+    data["unic"]["prompts"]["max_prompts"] = 4  # 8 images and videos over 2 shards: a quick local run
     return params_from_dict(data)
 
 
@@ -97,16 +110,25 @@ def test_compiled_pipeline_structure(params, tmp_path):
     assert close["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert close["inputs"]["parameters"]["status"]["taskFinalStatus"]["producerTask"] == "exit-handler-1"
     assert close["inputs"]["parameters"]["run_id"]["componentInputParameter"] == "parent_run_id"
-    assert set(comps["comp-exit-handler-1"]["dag"]["tasks"]) == {"collect-prompts"}
+    handler_tasks = comps["comp-exit-handler-1"]["dag"]["tasks"]
+    loops = {name for name in handler_tasks if name.startswith("for-loop-")}
+    assert set(handler_tasks) == STAGE_TASKS | loops and len(loops) == 2
+    for loop in loops:  # the generation stages fan out over the params' shards
+        assert handler_tasks[loop]["parameterIterator"]["items"]["raw"] == json.dumps(["0/2", "1/2"])
+        (inner,) = comps[handler_tasks[loop]["componentRef"]["name"]]["dag"]["tasks"].values()
+        assert inner["componentRef"]["name"] in {"comp-generate-images", "comp-generate-videos"}
+    merge_input = handler_tasks["merge-shards"]["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]
+    assert merge_input["producerTask"] in loops
     # Tracking tasks must never be answered from the KFP cache.
     assert not root_tasks["open-mlflow-run"]["cachingOptions"].get("enableCache", False)
     assert not close["cachingOptions"].get("enableCache", False)
 
     executors = spec["deploymentSpec"]["executors"]
-    assert set(executors) == {"exec-open-mlflow-run", "exec-collect-prompts", "exec-close-mlflow-run"}
-    for executor in executors.values():
-        assert executor["container"]["image"] == IMAGE
+    assert "exec-generate-images" in executors and "exec-judge-videos" in executors
+    for name, executor in executors.items():
+        assert executor["container"]["image"] == (LABEL_IMAGE if name == "exec-judge-videos" else IMAGE)
         assert "pip install" not in " ".join(executor["container"]["command"])  # the image ships kfp
+        assert "resources" not in executor["container"]  # the tiny profile asks for no GPU
 
     default = spec["root"]["inputDefinitions"]["parameters"]["params_yaml"]["defaultValue"]
     assert "\n" not in default  # kfp copies defaults into the header comment; see pipelines/__init__.py
@@ -135,8 +157,27 @@ def test_cli_compiles_with_the_repository_params(tmp_path, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     spec = yaml.safe_load((tmp_path / "unic.yaml").read_text())
-    base = load_params([ROOT / "params.yaml"]).images.base
-    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {base}
+    images = load_params([ROOT / "params.yaml"]).images
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {
+        images.base,
+        images.label,
+    }
+
+
+def test_paper_profile_puts_generation_on_gpus(tmp_path):
+    paper = load_params([ROOT / "params.yaml", ROOT / "params" / "paper.yaml"])
+    (path,) = compile_all(paper, tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    for name in ("exec-generate-images", "exec-generate-videos"):
+        assert executors[name]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    assert "resources" not in executors["exec-measure-flow"]["container"]
+    loops = [
+        t
+        for t in spec["components"]["comp-exit-handler-1"]["dag"]["tasks"].values()
+        if "parameterIterator" in t
+    ]
+    assert all(len(json.loads(t["parameterIterator"]["items"]["raw"])) == paper.unic.shards for t in loops)
 
 
 # --------------------------------------------------------------------------- kfp.local
@@ -159,6 +200,7 @@ def executor_metrics(task_dir: Path) -> dict:
 
 
 @pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")  # kfp.local: image name
+@pytest.mark.filterwarnings("ignore:Task .* have no effect:UserWarning")  # kfp.local: display names
 def test_local_run_end_to_end(params, tracking, tmp_path):
     run_dir = run_local(build_unic_pipeline(params), tmp_path / "root", mlflow_tracking_uri=tracking)
 
@@ -170,21 +212,56 @@ def test_local_run_end_to_end(params, tracking, tmp_path):
     assert (run_dir / "open-mlflow-run" / "executor_output.json").exists()
     assert (run_dir / "close-mlflow-run" / "executor_output.json").exists()
 
+    # Shards fanned out and merged: every image and video once, media included.
+    images, videos = run_dir / "merge-shards" / "output", run_dir / "merge-shards-2" / "output"
+    image_ids = read_manifest(images)["id"]
+    assert len(image_ids) == 4 * params.unic.images.per_prompt and image_ids.is_unique
+    assert list(read_manifest(videos)["id"]) == list(image_ids)
+    assert all((videos / p).is_file() for p in read_manifest(videos)["path"])
+    shard_runs = sorted(run_dir.glob("for-loop-*-iteration-*"))
+    assert len(shard_runs) == 4  # 2 image shards + 2 video shards
+
+    labels = run_dir / "join-labels" / "output"
+    assert len(read_manifest(labels)) + len(read_rejects(labels)) == len(image_ids)
+    summary = json.loads((run_dir / "validate-unic-data" / "output" / "summary.json").read_text())
+    assert summary == {name: {"failed": [], "success": True} for name in ("flow_statistics", "labels")}
+    assert (run_dir / "export-review" / "page").read_text().lower().startswith("<!doctype html>")
+    assert executor_metrics(run_dir / "join-labels")["labelled"] + executor_metrics(run_dir / "join-labels")[
+        "unlabelled"
+    ] == len(image_ids)
+
     all_runs = runs(tracking, params.tracking.experiment)
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 1
-    parent, child = parents[0], children[0]
+    assert len(parents) == 1
+    parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["vidprior.pipeline"] == PIPELINE_NAME
     assert parent.data.tags["vidprior.orchestrator"] == "kfp"
-    assert child.info.status == "FINISHED"
-    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert child.data.tags["vidprior.stage"] == "unic.prompts"
+    assert sorted(r.info.run_name for r in children) == sorted(
+        [
+            "unic.prompts",
+            "unic.images[0/2]",
+            "unic.images[1/2]",
+            "unic.videos[0/2]",
+            "unic.videos[1/2]",
+            "unic.flow",
+            "unic.judge",
+            "unic.labels",
+            "unic.validate",
+            "unic.review",
+        ]
+    )
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    child = next(r for r in children if r.info.run_name == "unic.prompts")
     assert child.data.params[STAGE_PARAM] == str(params.unic.prompts.dedup.threshold)
     assert child.data.params["profile"] == "tiny"
     assert child.data.metrics["prompts_read"] == shipped_prompt_rows()
     assert child.data.metrics["prompts_kept"] == metrics["prompts_kept"]
+    flow_run = next(r for r in children if r.info.run_name == "unic.flow")
+    artifacts = mlflow.MlflowClient(tracking_uri=tracking).list_artifacts(flow_run.info.run_id, "report")
+    assert [a.path for a in artifacts] == ["report/flow_statistics.png"]  # the histogram plot
     assert not (tmp_path / "home").exists()  # every task used the tracking URI argument
 
 
@@ -199,9 +276,14 @@ def test_local_run_closes_the_parent_run_as_failed_when_a_stage_fails(params, tr
             build_unic_pipeline(params), tmp_path / "root", params_yaml=broken, mlflow_tracking_uri=tracking
         )
 
-    (parent,) = runs(tracking, params.tracking.experiment)  # no stage run was logged
+    logged = runs(tracking, params.tracking.experiment)
+    (parent,) = [r for r in logged if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FAILED"
     assert parent.data.tags["vidprior.pipeline"] == PIPELINE_NAME
+    # The failing stage is on record too, with the error, and nothing after it ran.
+    (stage,) = [r for r in logged if "mlflow.parentRunId" in r.data.tags]
+    assert stage.info.run_name == "unic.prompts" and stage.info.status == "FAILED"
+    assert "missing.csv: prompt file not found" in stage.data.tags["vidprior.error"]
 
 
 # --------------------------------------------------------------------------- components in-process

@@ -114,3 +114,28 @@ def test_chunk_store_reuses_finished_chunks_and_drops_stale_ones(tmp_path):
     assert ChunkStore(tmp_path, "emb", "fp-2").records(1, lambda: []) == [[True, "ok"]]
     clear_partials(tmp_path)
     assert not (tmp_path / ".partial").exists()
+
+
+def test_merge_shards_brings_the_media_each_manifest_names(tmp_path):
+    dirs = []
+    for i in range(2):
+        shard_dir = tmp_path / f"shard{i}"
+        (shard_dir / "videos").mkdir(parents=True)
+        (shard_dir / "videos" / f"v{i}.mp4").write_bytes(f"video {i}".encode())
+        write_manifest(pd.DataFrame({"id": [f"v{i}"], "path": [f"videos/v{i}.mp4"]}), shard_dir)
+        dirs.append(shard_dir)
+    stats = merge_shards(dirs, tmp_path / "merged")
+    assert stats["media"] == 2
+    assert (tmp_path / "merged" / "videos" / "v1.mp4").read_bytes() == b"video 1"
+    (dirs[0] / "videos" / "v0.mp4").unlink()
+    with pytest.raises(ManifestError, match="v0.mp4 is named in .* but missing"):
+        merge_shards(dirs, tmp_path / "again")
+
+
+def test_clear_partials_removes_temp_files_a_killed_writer_left(tmp_path):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / ".a.mp4.k3j2.tmp").write_bytes(b"half a video")
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"a video")
+    ChunkStore(tmp_path, "videos", "fp")
+    clear_partials(tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.mp4", "videos"]

@@ -32,3 +32,16 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def write_text_atomic(target: Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def remove_stray_temp_files(directory: Path) -> int:
+    """Delete temporary files that a killed process left behind (SIGKILL skips `atomic_path`'s cleanup).
+
+    Only call this when no other writer uses `directory`, e.g. after a stage wrote its outputs.
+    """
+    removed = 0
+    for path in Path(directory).rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink()
+            removed += 1
+    return removed

@@ -7,6 +7,7 @@ inputs and params, so stale chunks from a different configuration are never reus
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -14,9 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from vidprior.io.atomic import atomic_path, write_text_atomic
+from vidprior.io.atomic import atomic_path, remove_stray_temp_files, write_text_atomic
 
 PARTIAL_DIR = ".partial"
+
+
+def fingerprint(*parts: object) -> str:
+    """Content hash of JSON-able parts (inputs, params, model ids): the key a ChunkStore is valid for."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
 
 
 class ChunkStore:
@@ -59,5 +69,6 @@ class ChunkStore:
 
 
 def clear_partials(out_dir: Path) -> None:
-    """Remove chunk checkpoints once the final outputs are written."""
+    """Remove chunk checkpoints, and temp files a killed run left, once the final outputs are written."""
     shutil.rmtree(Path(out_dir) / PARTIAL_DIR, ignore_errors=True)
+    remove_stray_temp_files(out_dir)

@@ -8,26 +8,26 @@ its own seed, produces byte-identical media and the same manifest. A record is e
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from vidprior.io.checkpoint import ChunkStore
+from vidprior.io.checkpoint import ChunkStore, fingerprint
 from vidprior.io.shards import Shard
 
 OK = "ok"
-
-
-def fingerprint(*parts: object) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-        digest.update(b"\x00")
-    return digest.hexdigest()
+__all__ = [
+    "OK",
+    "BatchResult",
+    "fingerprint",
+    "ok",
+    "rejected",
+    "run_batches",
+    "select_shard",
+    "split_records",
+]
 
 
 def ok(item_id: str, **fields: object) -> dict:

@@ -9,8 +9,6 @@ stopped and produces the same manifest.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 from collections import Counter
@@ -21,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from vidprior.config import Params
-from vidprior.io.checkpoint import ChunkStore, clear_partials
+from vidprior.io.checkpoint import ChunkStore, clear_partials, fingerprint
 from vidprior.io.manifest import write_manifest, write_rejects
 from vidprior.models import build_text_embedder
 from vidprior.unic import prompt_llm_filter
@@ -31,14 +29,6 @@ from vidprior.unic.prompt_sources import read_source
 
 STAGE = "unic.prompts"
 _SPACES = re.compile(r"\s+")
-
-
-def _fingerprint(*parts: object) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-        digest.update(b"\x00")
-    return digest.hexdigest()
 
 
 def _reject(rows: pd.DataFrame, stage: str, reason: str | Sequence[str], detail: str | Sequence[str]):
@@ -75,7 +65,7 @@ def _collect(sources: Sequence[str]) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
 def _embed(texts: list[str], params: Params, output_dir: Path) -> tuple[np.ndarray, ChunkStore]:
     cfg = params.unic.prompts
     chunk = cfg.dedup.chunk_size
-    store = ChunkStore(output_dir, "embeddings", _fingerprint(cfg.embedder.model_id, chunk, texts))
+    store = ChunkStore(output_dir, "embeddings", fingerprint(cfg.embedder.model_id, chunk, texts))
     embedder = None
     parts = []
     for index, start in enumerate(range(0, len(texts), chunk)):
@@ -195,7 +185,7 @@ def _llm_filter(prompts: pd.DataFrame, params: Params, output_dir: Path):
     store = ChunkStore(
         output_dir,
         "llm_filter",
-        _fingerprint(
+        fingerprint(
             prompt_llm_filter.PROMPT_VERSION, cfg.llm_filter.model, cfg.llm_filter.base_url, chunk, texts
         ),
     )
