@@ -43,6 +43,8 @@ class ModelsParams(StrictModel):
     svd: ModelSpec
     # PIA's motion adapter (`openmmlab/PIA-condition-adapter`); it animates `sd15`, its base model.
     pia: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
+    # AnimateDiff's motion adapter (`guoyww/animatediff-motion-adapter-v1-5-2`) on `sd15`.
+    animatediff: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
     cogvideox: ModelSpec
 
 
@@ -175,9 +177,40 @@ class ReviewParams(StrictModel):
     sample_size: int = Field(1000, ge=1)
 
 
+class ClassifierParams(StrictModel):
+    """Uni-C classifier (Sec. III-D): frozen SD U-Net encoder on z_t, average pooling, binary head."""
+
+    # The text condition of the frozen encoder: the image's prompt, or the empty prompt.
+    text_condition: Literal["prompt", "empty"] = "prompt"
+
+
 class ClassifierTrainParams(StrictModel):
     steps: int = Field(20_000, ge=1)
     lr: float = Field(1e-5, gt=0)
+    # DeepSpeed: ZeRO stage and precision ("auto": bf16 on GPU, fp32 on CPU).
+    zero_stage: int = Field(0, ge=0, le=3)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    micro_batch: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    eval_every: int = Field(1000, ge=1)
+    # Share of labelled images held out (by prompt, so one prompt's images never straddle the split).
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    # Held-out accuracy and AUC are reported per bucket of diffusion timesteps.
+    timestep_buckets: int = Field(4, ge=1, le=1000)
+
+
+class GuidanceParams(StrictModel):
+    """Where in the sampling trajectory the classifier guides (fractions of the steps, start < end)."""
+
+    start: float = Field(0.0, ge=0, le=1)
+    end: float = Field(1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GuidanceParams:
+        if self.end <= self.start:
+            raise ValueError("'end' must be > 'start'")
+        return self
 
 
 class GuidanceLambdas(StrictModel):
@@ -202,7 +235,9 @@ class UnicParams(StrictModel):
     flow_rule: FlowRuleParams = FlowRuleParams()
     judge: JudgeParams = JudgeParams()
     review: ReviewParams = ReviewParams()
+    classifier: ClassifierParams = ClassifierParams()
     train: ClassifierTrainParams = ClassifierTrainParams()
+    guidance: GuidanceParams = GuidanceParams()
     lambdas: GuidanceLambdas = GuidanceLambdas()
 
 

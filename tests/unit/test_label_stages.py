@@ -263,7 +263,7 @@ def test_review_exports_positives_with_frame_strips(chain, tmp_path):
 
 def _answer(request) -> str:
     prompt = request.body["messages"][-1]["content"][0]["text"]
-    if "<flicker>" in prompt:
+    if "<zoom>" in prompt:  # a video the flow rule keeps, so its label depends on the judge alone
         return "I cannot judge this, sorry."  # malformed: no JSON at all
     keys = ["c1_object_visible", "c2_not_distorted", "c3_consistent", "c4_motion", "c5_not_camera_only"]
     return json.dumps({k: "<object>" in prompt or k != "c5_not_camera_only" for k in keys})
@@ -290,7 +290,7 @@ def test_llm_judge_stage_labels_caches_and_never_leaks_the_key(
     verdicts = by_id(read_manifest(tmp_path / "judge"))
     rejects = read_rejects(tmp_path / "judge").set_index("id")
     assert verdicts["object"]["positive"] and not verdicts["pan"]["positive"]
-    assert rejects.at["flicker", "reason"] == "malformed_answer"
+    assert rejects.at["zoom", "reason"] == "malformed_answer"
     assert all(r.headers.get("authorization") == f"Bearer {KEY}" for r in chat_server.requests)
     assert all(
         len([p for p in r.body["messages"][-1]["content"] if p["type"] == "image_url"]) == 4
@@ -308,7 +308,7 @@ def test_llm_judge_stage_labels_caches_and_never_leaks_the_key(
         tmp_path / "labels",
     )
     assert (
-        read_rejects(tmp_path / "labels").set_index("id").at["flicker", "reason"]
+        read_rejects(tmp_path / "labels").set_index("id").at["zoom", "reason"]
         == "unic.judge:malformed_answer"
     )
 
