@@ -15,6 +15,7 @@ _EXPORTS = {
     "vidprior.models.sd15": ("SD15_ID", "SD15Parts", "build_sd15"),
     "vidprior.models.svd": ("SVD_ID", "SVDParts", "build_svd"),
     "vidprior.models.pia": ("PIA_ADAPTER_ID", "PIAParts", "build_pia"),
+    "vidprior.models.animatediff": ("ANIMATEDIFF_ADAPTER_ID", "AnimateDiffParts", "build_animatediff"),
     "vidprior.models.cogvideox": ("COGVIDEOX_2B_ID", "COGVIDEOX_ID", "CogVideoXParts", "build_cogvideox"),
     "vidprior.models.text_embedder": (
         "CLIP_TEXT_ID",
@@ -26,12 +27,14 @@ _EXPORTS = {
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
+    "ANIMATEDIFF_ADAPTER_ID",
     "CLIP_TEXT_ID",
     "COGVIDEOX_2B_ID",
     "COGVIDEOX_ID",
     "PIA_ADAPTER_ID",
     "SD15_ID",
     "SVD_ID",
+    "AnimateDiffParts",
     "ClipTextEmbedder",
     "CogVideoXParts",
     "HashingSpec",
@@ -44,6 +47,7 @@ __all__ = [
     "TextEmbedder",
     "TextEmbedderSpec",
     "TinySpec",
+    "build_animatediff",
     "build_cogvideox",
     "build_pia",
     "build_sd15",
@@ -55,6 +59,7 @@ __all__ = [
 assert sorted(__all__) == sorted(_MODULE_OF)
 
 if TYPE_CHECKING:
+    from vidprior.models.animatediff import ANIMATEDIFF_ADAPTER_ID, AnimateDiffParts, build_animatediff
     from vidprior.models.cogvideox import COGVIDEOX_2B_ID, COGVIDEOX_ID, CogVideoXParts, build_cogvideox
     from vidprior.models.loading import ModelUnavailableError, hub_reachable, load_pretrained
     from vidprior.models.pia import PIA_ADAPTER_ID, PIAParts, build_pia
