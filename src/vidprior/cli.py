@@ -199,6 +199,20 @@ def unic_review(
     _execute("unic.review", params, [labels, images] + ([videos] if videos else []), output, metrics, track)
 
 
+@unic_app.command("train")
+def unic_train(
+    labels: Path = _dir("Output of `unic labels`."),
+    images: Path = _dir("Output of `unic images`."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Train the Uni-C classifier head with DeepSpeed (one process; for several ranks run
+    `torchrun --nproc_per_node N -m vidprior.unic.train LABELS IMAGES --output DIR`)."""
+    _execute("unic.train", params, [labels, images], output, metrics, track)
+
+
 @params_app.command("show")
 def params_show(params: list[Path] = ParamsOption):
     """Print the resolved params (all files merged, defaults filled in)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ STAGES: dict[str, Callable[[], Stage]] = {
     "unic.labels": _stage("vidprior.unic.labels", "unic", ("images", "videos", "flow", "judge")),
     "unic.validate": _stage("vidprior.unic.validate", "", ("images", "videos", "flow", "labels")),
     "unic.review": _stage("vidprior.unic.review_stage", "unic.review", ("labels", "images", "videos")),
+    "unic.train": _stage("vidprior.unic.train", "unic.train", ("labels", "images")),
 }
 # A stage may write files for people (plots, validation reports, review pages) under this folder of
 # its output; they are logged as MLflow artifacts of the stage's run.
@@ -89,6 +91,9 @@ def execute(
         )
     output_dir = Path(output_dir)
     extra = {"shard": shard} if shard is not None else {}
+    # Under torchrun every rank runs the stage; only rank 0 reports it, once.
+    track = track and _rank() == 0
+    metrics_path = metrics_path if _rank() == 0 else None
     try:
         metrics = stage.run(params, inputs, output_dir, **extra)
     except Exception as exc:
@@ -102,6 +107,10 @@ def execute(
     if track:
         _log(stage, params, metrics, output_dir, parent_run_id, shard)
     return metrics
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def _log(stage, params, metrics, output_dir, parent_run_id, shard, status="FINISHED", error=""):
