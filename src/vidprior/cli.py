@@ -213,6 +213,19 @@ def unic_train(
     _execute("unic.train", params, [labels, images], output, metrics, track)
 
 
+@unic_app.command("sample")
+def unic_sample(
+    classifier: Path = _dir("Output of `unic train` (holds head.safetensors)."),
+    prompts: Path = _dir("Output of `unic prompts` (or any manifest with `id`, `prompt`)."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Guided sampling (`unic.sample.workflow`: sd, sd-svd, sd-pia, animatediff) with the trained head."""
+    _execute("unic.sample", params, [classifier, prompts], output, metrics, track)
+
+
 @params_app.command("show")
 def params_show(params: list[Path] = ParamsOption):
     """Print the resolved params (all files merged, defaults filled in)."""

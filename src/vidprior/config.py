@@ -200,6 +200,19 @@ class ClassifierTrainParams(StrictModel):
     timestep_buckets: int = Field(4, ge=1, le=1000)
 
 
+class SampleParams(StrictModel):
+    """Stage `unic.sample`: guided generation with a trained classifier (Uni-C Sec. IV)."""
+
+    # sd: SD images only; sd-svd / sd-pia: guided SD images animated by SVD / PIA; animatediff: T2V.
+    workflow: Literal["sd", "sd-svd", "sd-pia", "animatediff"] = "sd-svd"
+    # Prompts taken (in manifest order) from the prompts input; one sample per prompt.
+    max_prompts: int = Field(8, ge=1)
+    # Guidance strength; null takes the workflow's task from `unic.lambdas` (sd and sd-svd: sd_svd).
+    lambda_: float | None = Field(None, ge=0)
+    # Also sample without guidance (same seeds), so every run reports guided vs unguided.
+    with_baseline: bool = True
+
+
 class GuidanceParams(StrictModel):
     """Where in the sampling trajectory the classifier guides (fractions of the steps, start < end)."""
 
@@ -238,6 +251,7 @@ class UnicParams(StrictModel):
     classifier: ClassifierParams = ClassifierParams()
     train: ClassifierTrainParams = ClassifierTrainParams()
     guidance: GuidanceParams = GuidanceParams()
+    sample: SampleParams = SampleParams()
     lambdas: GuidanceLambdas = GuidanceLambdas()
 
 

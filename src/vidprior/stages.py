@@ -46,6 +46,7 @@ STAGES: dict[str, Callable[[], Stage]] = {
     "unic.validate": _stage("vidprior.unic.validate", "", ("images", "videos", "flow", "labels")),
     "unic.review": _stage("vidprior.unic.review_stage", "unic.review", ("labels", "images", "videos")),
     "unic.train": _stage("vidprior.unic.train", "unic.train", ("labels", "images")),
+    "unic.sample": _stage("vidprior.unic.sample", "unic.sample", ("train", "prompts")),
 }
 # A stage may write files for people (plots, validation reports, review pages) under this folder of
 # its output; they are logged as MLflow artifacts of the stage's run.

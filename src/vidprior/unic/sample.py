@@ -1,0 +1,196 @@
+"""Stage `unic.sample`: guided generation with a trained Uni-C classifier (Sec. IV, Eq. 3).
+
+Workflows: `sd` (guided SD images), `sd-svd` and `sd-pia` (guided SD images animated by SVD / PIA,
+the paper's workflow tasks) and `animatediff` (text-to-video, guided frame by frame). Lambda comes
+from `unic.sample.lambda_` or the workflow's row of the lambda table. With `with_baseline` the same
+prompts and seeds are also sampled unguided, and both sets are scored by the classifier, so every
+run reports what guidance bought: p(y = 1) of the generated images, re-noised to fixed timesteps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vidprior.config import Params
+from vidprior.io.manifest import write_manifest, write_rejects
+from vidprior.io.media import file_sha256, write_image, write_video
+from vidprior.seeding import item_seed
+from vidprior.unic.stage_inputs import input_dir, read_input_manifest
+
+STAGE = "unic.sample"
+TASK_OF_WORKFLOW = {"sd": "sd_svd", "sd-svd": "sd_svd", "sd-pia": "sd_pia", "animatediff": "animatediff"}
+# Scoring re-noises each image at these fractions of the diffusion schedule (fixed noise per image).
+SCORE_FRACTIONS = (0.25, 0.5)
+
+
+def lambda_for(params: Params) -> float:
+    cfg = params.unic.sample
+    return (
+        cfg.lambda_
+        if cfg.lambda_ is not None
+        else getattr(params.unic.lambdas, TASK_OF_WORKFLOW[cfg.workflow])
+    )
+
+
+@torch.no_grad()
+def classifier_scores(
+    sd, classifier, images: list[np.ndarray], prompts: list[str], seeds: list[int], mode: str
+):
+    """Mean p(y = 1 | z_t) of each image over SCORE_FRACTIONS of the schedule, noise fixed by its seed."""
+    from vidprior.unic.classifier import text_condition
+
+    if not images:
+        return []
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    z0 = sd.vae.encode(pixels.to(sd.vae.device, sd.vae.dtype)).latent_dist.mean * sd.vae.config.scaling_factor
+    condition = text_condition(sd.tokenizer, sd.text_encoder, prompts, mode)
+    alphas = sd.scheduler.alphas_cumprod
+    total = torch.zeros(len(images))
+    for fraction in SCORE_FRACTIONS:
+        t = int(fraction * (len(alphas) - 1))
+        noise = torch.stack(
+            [torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(s + t)) for s in seeds]
+        ).to(z0)
+        z_t = alphas[t].sqrt() * z0 + (1 - alphas[t]).sqrt() * noise
+        total += classifier.log_prob(z_t, torch.full((len(images),), t), condition.to(z0.dtype)).exp().cpu()
+    return (total / len(SCORE_FRACTIONS)).tolist()
+
+
+def _generate(params: Params, sd, classifier, prompts: list[str], ids: list[str], lambda_: float):
+    """(images, videos or None) for the configured workflow."""
+    from vidprior.unic import workflows
+
+    cfg, images_cfg, videos_cfg, guidance = (
+        params.unic.sample,
+        params.unic.images,
+        params.unic.videos,
+        params.unic.guidance,
+    )
+    image_seeds = [item_seed(params.seed, "sample-image", i) for i in ids]
+    video_seeds = [item_seed(params.seed, "sample-video", i) for i in ids]
+    sd_args = dict(
+        steps=images_cfg.steps,
+        guidance_scale=images_cfg.guidance_scale,
+        height=images_cfg.height,
+        width=images_cfg.width,
+        start=guidance.start,
+        end=guidance.end,
+        text_condition_mode=params.unic.classifier.text_condition,
+        batch_size=images_cfg.batch_size,
+    )
+    if cfg.workflow == "sd":
+        return workflows.sample_sd(sd, classifier, prompts, image_seeds, lambda_=lambda_, **sd_args), None
+    video_args = dict(
+        frames=videos_cfg.frames, steps=videos_cfg.steps, height=videos_cfg.height, width=videos_cfg.width
+    )
+    if cfg.workflow == "sd-svd":
+        from vidprior.models import build_svd
+
+        svd = build_svd(params.models.svd)
+        svd_args = dict(
+            video_args,
+            fps=videos_cfg.fps,
+            motion_bucket_id=videos_cfg.motion_bucket_id,
+            noise_aug_strength=videos_cfg.noise_aug_strength,
+            decode_chunk_size=videos_cfg.decode_chunk_size,
+        )
+        return workflows.sd_then_svd(
+            sd, svd, classifier, prompts, image_seeds, video_seeds, lambda_=lambda_, sd=sd_args, svd=svd_args
+        )
+    if cfg.workflow == "sd-pia":
+        from vidprior.models import build_pia
+
+        pia = build_pia(params.models.pia, sd)
+        pia_args = dict(
+            video_args, guidance_scale=videos_cfg.pia_guidance_scale, motion_scale=videos_cfg.pia_motion_scale
+        )
+        return workflows.sd_then_pia(
+            sd, pia, classifier, prompts, image_seeds, video_seeds, lambda_=lambda_, sd=sd_args, pia=pia_args
+        )
+    from vidprior.models import build_animatediff
+
+    parts = build_animatediff(params.models.animatediff, sd)
+    videos = workflows.sample_animatediff(
+        parts,
+        classifier,
+        prompts,
+        video_seeds,
+        lambda_=lambda_,
+        frames=videos_cfg.frames,
+        steps=images_cfg.steps,
+        guidance_scale=images_cfg.guidance_scale,
+        height=images_cfg.height,
+        width=images_cfg.width,
+        start=guidance.start,
+        end=guidance.end,
+        text_condition_mode=params.unic.classifier.text_condition,
+    )
+    return [video[0] for video in videos], videos
+
+
+def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -> dict[str, float]:
+    """inputs: [train dir (head.safetensors), prompts dir]. Writes images/, videos/ and the manifest."""
+    from vidprior.models import build_sd15
+    from vidprior.unic.classifier import build_classifier
+    from vidprior.unic.generation import quiet_library_logs
+
+    cfg = params.unic.sample
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    head_dir = input_dir(inputs, 0, "train")
+    prompts = read_input_manifest(inputs, 1, "prompts", ["prompt"]).head(cfg.max_prompts)
+    quiet_library_logs()
+
+    sd = build_sd15(params.models.sd15)
+    classifier = build_classifier(sd.unet).load_head(head_dir)
+    lambda_ = lambda_for(params)
+    ids, texts = prompts["id"].tolist(), prompts["prompt"].tolist()
+    runs = [("guided", lambda_)] + ([("baseline", 0.0)] if cfg.with_baseline else [])
+    rows, scores = [], {}
+    for variant, strength in runs:
+        images, videos = _generate(params, sd, classifier, texts, ids, strength)
+        mode = params.unic.classifier.text_condition
+        seeds = [item_seed(params.seed, "sample-image", i) for i in ids]
+        scores[variant] = classifier_scores(sd, classifier, images, texts, seeds, mode)
+        for k, (item_id, prompt) in enumerate(zip(ids, texts, strict=True)):
+            sample_id = f"{item_id}-{variant}"
+            image_path = write_image(output_dir / "images" / f"{sample_id}.png", images[k])
+            row = {
+                "id": sample_id,
+                "prompt_id": item_id,
+                "prompt": prompt,
+                "variant": variant,
+                "workflow": cfg.workflow,
+                "lambda_": strength,
+                "seed": seeds[k],
+                "image_path": f"images/{sample_id}.png",
+                "image_sha256": file_sha256(image_path),
+                "classifier_p": scores[variant][k],
+                "video_path": "",
+            }
+            if videos is not None:
+                video_path = write_video(
+                    output_dir / "videos" / f"{sample_id}.mp4", videos[k], params.unic.videos.fps
+                )
+                row.update(video_path=f"videos/{sample_id}.mp4", video_sha256=file_sha256(video_path))
+            rows.append(row)
+
+    write_manifest(pd.DataFrame(rows), output_dir)
+    write_rejects(pd.DataFrame(), output_dir)
+    metrics: dict[str, float] = {
+        "samples": len(rows),
+        "lambda": float(lambda_),
+        "mean_classifier_p_guided": float(np.mean(scores["guided"])) if ids else float("nan"),
+        "stage_seconds": round(time.perf_counter() - started, 4),
+    }
+    if cfg.with_baseline and ids:
+        metrics["mean_classifier_p_baseline"] = float(np.mean(scores["baseline"]))
+        metrics["guidance_gain"] = metrics["mean_classifier_p_guided"] - metrics["mean_classifier_p_baseline"]
+    return metrics
