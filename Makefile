@@ -35,6 +35,7 @@ test: lint
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/dedup.py
 	$(BIN)/python benchmarks/flow.py
+	$(BIN)/python benchmarks/guidance.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -7,6 +7,8 @@ Shape:
         collect-prompts ─> ParallelFor(shards): generate-images ─> merge-shards (images)
           ─> ParallelFor(shards): generate-videos ─> merge-shards (videos)
           ─> measure-flow ─> judge-videos ─> join-labels ─> validate-unic-data
+                                                        │     ─> train-classifier ─> sample-guided
+                                                        │                         └> register-unic-model
                                                         └─> export-review
       exit task: close-mlflow-run (always runs)
 
@@ -30,10 +32,13 @@ from components.data.images import generate_images
 from components.data.merge_shards import merge_shards
 from components.data.prompts import collect_prompts
 from components.data.videos import generate_videos
+from components.evaluate.sample import sample_guided
 from components.label.judge import judge_videos
 from components.label.labels import join_labels
 from components.label.review import export_review
 from components.register.mlflow_run import close_mlflow_run, open_mlflow_run
+from components.register.unic_model import register_unic_model
+from components.train.classifier import train_classifier
 from components.validate.unic_data import validate_unic_data
 from pipelines import params_yaml_default
 from vidprior.config import Params
@@ -112,7 +117,7 @@ def build_unic_pipeline(params: Params) -> graph_component.GraphComponent:
                     **stage_args,
                 )
             )
-            on_base(
+            validated = on_base(
                 validate_unic_data(
                     images=images.outputs["output"],
                     videos=videos.outputs["output"],
@@ -121,6 +126,20 @@ def build_unic_pipeline(params: Params) -> graph_component.GraphComponent:
                     **stage_args,
                 )
             )
+            # Training waits for the data suites: a dataset that fails validation trains nothing.
+            trained = generation(
+                train_classifier(
+                    labels=labels.outputs["output"], images=images.outputs["output"], **stage_args
+                )
+            )
+            trained.set_container_image(params.images.train)
+            trained.after(validated)
+            generation(
+                sample_guided(
+                    classifier=trained.outputs["model"], prompts=prompts.outputs["output"], **stage_args
+                )
+            )
+            on_base(register_unic_model(classifier=trained.outputs["model"], **stage_args))
             on_base(
                 export_review(
                     labels=labels.outputs["output"],
@@ -132,7 +151,7 @@ def build_unic_pipeline(params: Params) -> graph_component.GraphComponent:
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
-        description="Uni-C data: prompts, images, videos, flow, judge, labels, validation, review.",
+        description="Uni-C: labelled image-video data, the guidance classifier and guided samples.",
     )
     def unic_pipeline(params_yaml: str = default_params_yaml, mlflow_tracking_uri: str = ""):
         """Uni-C pipeline.

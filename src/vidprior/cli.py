@@ -226,6 +226,18 @@ def unic_sample(
     _execute("unic.sample", params, [classifier, prompts], output, metrics, track)
 
 
+@unic_app.command("register")
+def unic_register(
+    classifier: Path = _dir("Output of `unic train` (holds head.safetensors)."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Register the classifier as MLflow model `unic` (new version, alias `challenger`, lineage tags)."""
+    _execute("unic.register", params, [classifier], output, metrics, track)
+
+
 @params_app.command("show")
 def params_show(params: list[Path] = ParamsOption):
     """Print the resolved params (all files merged, defaults filled in)."""

@@ -47,14 +47,16 @@ STAGES: dict[str, Callable[[], Stage]] = {
     "unic.review": _stage("vidprior.unic.review_stage", "unic.review", ("labels", "images", "videos")),
     "unic.train": _stage("vidprior.unic.train", "unic.train", ("labels", "images")),
     "unic.sample": _stage("vidprior.unic.sample", "unic.sample", ("train", "prompts")),
+    "unic.register": _stage("vidprior.unic.register", "unic.classifier", ("train",)),
 }
 # A stage may write files for people (plots, validation reports, review pages) under this folder of
 # its output; they are logged as MLflow artifacts of the stage's run.
 REPORT_DIR = "report"
 
 
-# Metrics that describe how a run went rather than what it produced: resumed work, cache hits.
-RUN_DEPENDENT_PREFIXES = ("resumed_", "cache_")
+# Metrics that describe how a run went rather than what it produced: resumed work, cache hits, the
+# version number a registry happened to hand out.
+RUN_DEPENDENT_PREFIXES = ("resumed_", "cache_", "registry_")
 
 
 def reproducible(metrics: dict[str, float]) -> dict[str, float]:
@@ -168,14 +170,24 @@ def execute_for_component(
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
     params = params_from_dict(yaml.safe_load(params_yaml))
-    result = execute(
-        stage_name,
-        params,
-        [i for i in inputs if i] or None,
-        Path(output_path),
-        shard=Shard.parse(shard) if shard else None,
-        parent_run_id=parent_run_id or None,
-    )
+    # Runs a stage opens itself (the registry's model-logging run) nest under the parent run too.
+    previous_parent = os.environ.get("VIDPRIOR_PARENT_RUN_ID")
+    if parent_run_id:
+        os.environ["VIDPRIOR_PARENT_RUN_ID"] = parent_run_id
+    try:
+        result = execute(
+            stage_name,
+            params,
+            [i for i in inputs if i] or None,
+            Path(output_path),
+            shard=Shard.parse(shard) if shard else None,
+            parent_run_id=parent_run_id or None,
+        )
+    finally:
+        if previous_parent is None:
+            os.environ.pop("VIDPRIOR_PARENT_RUN_ID", None)
+        else:
+            os.environ["VIDPRIOR_PARENT_RUN_ID"] = previous_parent
     for name, value in sorted(result.items()):
         metrics_artifact.log_metric(name, float(value))
     return result

@@ -1,5 +1,6 @@
 """`make run`'s path on a fresh copy of the repository: dvc repro under an MLflow parent run."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,9 @@ STAGES = [
     "unic.labels",
     "unic.validate",
     "unic.review",
+    "unic.train",
+    "unic.sample",
+    "unic.register",
 ]
 # Outputs computed with plain numpy/hashing are reproduced bit for bit on any machine. The diffusion
 # outputs are compared by content, not bytes: float kernels differ across CPU instruction sets.
@@ -93,7 +97,13 @@ def test_local_repro_writes_outputs_and_nested_mlflow_runs(fresh_clone):
     assert len(stages) == 1 and stages[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert stages[0].data.metrics["prompts_kept"] == len(manifest)
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.data.tags["vidprior.stage"] for r in nested) == sorted(STAGES)
+    assert sorted(r.data.tags["vidprior.stage"] for r in nested if "vidprior.stage" in r.data.tags) == sorted(
+        STAGES
+    )
+    (model_run,) = [r for r in nested if "vidprior.stage" not in r.data.tags]  # the registry's model run
+    assert model_run.info.run_name == "unic_register"
+    registered = json.loads((clone / "data/unic/registered/model.json").read_text())
+    assert registered["alias"] == "challenger" and registered["name"] == "unic"
     assert stages[0].data.params["unic.prompts.dedup.threshold"] == "0.8"
     assert (clone / "mlartifacts").is_dir() and not (clone / "mlruns").exists()
 

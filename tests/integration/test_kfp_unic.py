@@ -33,6 +33,8 @@ pytestmark = pytest.mark.integration
 
 IMAGE = "registry.example/vidprior/base:test"
 LABEL_IMAGE = "registry.example/vidprior/label:test"
+TRAIN_IMAGE = "registry.example/vidprior/train:test"
+IMAGE_OF = {"exec-judge-videos": LABEL_IMAGE, "exec-train-classifier": TRAIN_IMAGE}
 STAGE_TASKS = {
     "collect-prompts",
     "merge-shards",
@@ -42,6 +44,9 @@ STAGE_TASKS = {
     "join-labels",
     "validate-unic-data",
     "export-review",
+    "train-classifier",
+    "sample-guided",
+    "register-unic-model",
 }
 STAGE_PARAM = "unic.prompts.dedup.threshold"
 
@@ -51,6 +56,7 @@ def params():
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data.setdefault("images", {})["base"] = IMAGE  # prove the images come from params
     data["images"]["label"] = LABEL_IMAGE
+    data["images"]["train"] = TRAIN_IMAGE
     data["unic"]["prompts"]["max_prompts"] = 4  # 8 images and videos over 2 shards: a quick local run
     return params_from_dict(data)
 
@@ -126,7 +132,7 @@ def test_compiled_pipeline_structure(params, tmp_path):
     executors = spec["deploymentSpec"]["executors"]
     assert "exec-generate-images" in executors and "exec-judge-videos" in executors
     for name, executor in executors.items():
-        assert executor["container"]["image"] == (LABEL_IMAGE if name == "exec-judge-videos" else IMAGE)
+        assert executor["container"]["image"] == IMAGE_OF.get(name, IMAGE)
         assert "pip install" not in " ".join(executor["container"]["command"])  # the image ships kfp
         assert "resources" not in executor["container"]  # the tiny profile asks for no GPU
 
@@ -161,6 +167,7 @@ def test_cli_compiles_with_the_repository_params(tmp_path, monkeypatch):
     assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {
         images.base,
         images.label,
+        images.train,
     }
 
 
@@ -169,7 +176,12 @@ def test_paper_profile_puts_generation_on_gpus(tmp_path):
     (path,) = compile_all(paper, tmp_path)
     spec = yaml.safe_load(path.read_text())
     executors = spec["deploymentSpec"]["executors"]
-    for name in ("exec-generate-images", "exec-generate-videos"):
+    for name in (
+        "exec-generate-images",
+        "exec-generate-videos",
+        "exec-train-classifier",
+        "exec-sample-guided",
+    ):
         assert executors[name]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     assert "resources" not in executors["exec-measure-flow"]["container"]
     loops = [
@@ -250,6 +262,10 @@ def test_local_run_end_to_end(params, tracking, tmp_path):
             "unic.labels",
             "unic.validate",
             "unic.review",
+            "unic.train",
+            "unic.sample",
+            "unic.register",
+            "unic_register",
         ]
     )
     assert all(r.info.status == "FINISHED" for r in children)
