@@ -216,14 +216,59 @@ def unic_train(
 @unic_app.command("sample")
 def unic_sample(
     classifier: Path = _dir("Output of `unic train` (holds head.safetensors)."),
-    prompts: Path = _dir("Output of `unic prompts` (or any manifest with `id`, `prompt`)."),
     output: Path = OutputOption,
+    prompts: Path | None = typer.Option(
+        None, exists=True, file_okay=False, help="A manifest dir with `id`, `prompt` (and optional `seed`)."
+    ),
+    prompt: list[str] = typer.Option(
+        [], "--prompt", help="A prompt to sample (repeat); instead of --prompts."
+    ),
+    seed: list[int] = typer.Option(
+        [], "--seed", help="The seed of each --prompt, in order (default: derived)."
+    ),
+    workflow: str | None = typer.Option(None, help="sd, sd-svd, sd-pia or animatediff (default: params)."),
+    lambda_: float | None = typer.Option(
+        None, "--lambda", help="Guidance strength (default: the task table)."
+    ),
     params: list[Path] = ParamsOption,
     metrics: Path | None = MetricsOption,
     track: bool = TrackOption,
 ):
-    """Guided sampling (`unic.sample.workflow`: sd, sd-svd, sd-pia, animatediff) with the trained head."""
-    _execute("unic.sample", params, [classifier, prompts], output, metrics, track)
+    """Guided sampling with the trained head (`unic.sample`), plus the same seeds unguided."""
+    import tempfile
+
+    import pandas as pd
+
+    from vidprior.config import params_from_dict
+    from vidprior.io.manifest import write_manifest
+
+    if (prompts is None) == (not prompt):
+        typer.echo("unic.sample: give --prompts DIR or one or more --prompt TEXT", err=True)
+        raise typer.Exit(2)
+    if seed and len(seed) != len(prompt):
+        typer.echo(
+            f"unic.sample: {len(seed)} --seed for {len(prompt)} --prompt; give one per prompt", err=True
+        )
+        raise typer.Exit(2)
+    resolved = _load(params).model_dump(mode="json")
+    overrides = {"workflow": workflow, "lambda_": lambda_}
+    resolved["unic"]["sample"].update({k: v for k, v in overrides.items() if v is not None})
+    if prompt:
+        resolved["unic"]["sample"]["max_prompts"] = len(prompt)
+    try:
+        resolved_params = params_from_dict(resolved)
+    except ParamsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    with tempfile.TemporaryDirectory() as scratch:
+        if prompt:
+            table = pd.DataFrame({"id": [f"cli-{i}" for i in range(len(prompt))], "prompt": prompt})
+            if seed:
+                table["seed"] = seed
+            prompts = write_manifest(table, Path(scratch)).parent
+        params_file = Path(scratch) / "params.yaml"
+        params_file.write_text(params_to_yaml(resolved_params))
+        _execute("unic.sample", [params_file], [classifier, prompts], output, metrics, track)
 
 
 @unic_app.command("register")

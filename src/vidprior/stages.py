@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ STAGES: dict[str, Callable[[], Stage]] = {
 # A stage may write files for people (plots, validation reports, review pages) under this folder of
 # its output; they are logged as MLflow artifacts of the stage's run.
 REPORT_DIR = "report"
+# A stage's curve over steps (e.g. the training loss), logged as step-indexed MLflow metrics.
+HISTORY_FILE = "history.csv"
 
 
 # Metrics that describe how a run went rather than what it produced: resumed work, cache hits, the
@@ -143,7 +146,26 @@ def _log(stage, params, metrics, output_dir, parent_run_id, shard, status="FINIS
             REPORT_DIR: output_dir / REPORT_DIR,
         },
         status=status,
+        history=_history(output_dir / REPORT_DIR / HISTORY_FILE),
     )
+
+
+def _history(path: Path) -> list[tuple[int, dict[str, float]]]:
+    """A stage's `report/history.csv` (a `step` column + numeric columns) as MLflow step metrics."""
+    if not path.exists():
+        return []
+    import math
+
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    if "step" not in table.columns:
+        return []
+    numeric = [c for c in table.columns if c != "step" and pd.api.types.is_numeric_dtype(table[c])]
+    return [
+        (int(row["step"]), {c: float(row[c]) for c in numeric if math.isfinite(row[c])})
+        for row in table.to_dict("records")
+    ]
 
 
 def execute_for_component(
@@ -189,5 +211,8 @@ def execute_for_component(
         else:
             os.environ["VIDPRIOR_PARENT_RUN_ID"] = previous_parent
     for name, value in sorted(result.items()):
-        metrics_artifact.log_metric(name, float(value))
+        # KFP stores metrics as protobuf numbers, which cannot hold NaN/inf (e.g. AUC on one class);
+        # MLflow and the stage's own outputs keep them.
+        if math.isfinite(float(value)):
+            metrics_artifact.log_metric(name, float(value))
     return result

@@ -104,3 +104,40 @@ def test_missing_head_says_what_was_expected(inputs, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="head.safetensors from `unic train`"):
         sample.run(make_params("sd", 1.0), [tmp_path / "empty", inputs[1]], tmp_path / "out")
+
+
+def test_cli_takes_prompts_seeds_workflow_and_lambda(inputs, tmp_path):
+    from typer.testing import CliRunner
+
+    from vidprior.cli import app
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(make_params("sd-svd").model_dump(mode="json")))
+    common = ["unic", "sample", "--classifier", str(inputs[0]), "-p", str(params_file), "--no-track"]
+    result = CliRunner().invoke(
+        app,
+        [
+            *common,
+            "-o",
+            str(tmp_path / "out"),
+            "--prompt",
+            "a fox",
+            "--prompt",
+            "a horse",
+            "--seed",
+            "5",
+            "--seed",
+            "6",
+        ]
+        + ["--workflow", "sd", "--lambda", "2.5"],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "out")
+    guided = manifest[manifest["variant"] == "guided"]
+    assert guided["seed"].tolist() == [5, 6] and guided["prompt"].tolist() == ["a fox", "a horse"]
+    assert (guided["lambda_"] == 2.5).all() and (manifest["workflow"] == "sd").all()
+
+    mismatch = CliRunner().invoke(
+        app, [*common, "-o", str(tmp_path / "bad"), "--prompt", "a fox", "--seed", "1", "--seed", "2"]
+    )
+    assert mismatch.exit_code == 2 and "one per prompt" in mismatch.output

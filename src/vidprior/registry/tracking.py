@@ -12,11 +12,12 @@ import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 PARENT_RUN_ENV = "VIDPRIOR_PARENT_RUN_ID"
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 HOME_ENV = "VIDPRIOR_HOME"
 _MARKERS = ("dvc.yaml", "params.yaml", "pyproject.toml")
 
@@ -106,6 +107,7 @@ def log_stage(
     tags: Mapping[str, str] | None = None,
     artifacts: Mapping[str, Path] | None = None,
     status: str = "FINISHED",
+    history: Sequence[tuple[int, Mapping[str, float]]] = (),
 ) -> str:
     """Record a finished (or failed) stage as a run, nested under the pipeline run when one is known."""
     import mlflow
@@ -126,6 +128,10 @@ def log_stage(
             params=[Param(k, str(_loggable(v))[:6000]) for k, v in sorted(params.items())],
             metrics=[Metric(k, float(v), now_ms, 0) for k, v in sorted(metrics.items())],
         )
+        # Curves (e.g. the training loss per step), so MLflow plots them against the step.
+        curve = [Metric(k, float(v), now_ms, step) for step, row in history for k, v in row.items()]
+        for start in range(0, len(curve), MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=curve[start : start + MAX_METRICS_PER_BATCH])
         for name, path in (artifacts or {}).items():
             if Path(path).is_dir():
                 client.log_artifacts(run_id, str(path), artifact_path=name)

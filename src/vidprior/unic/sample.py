@@ -62,7 +62,18 @@ def classifier_scores(
     return (total / len(SCORE_FRACTIONS)).tolist()
 
 
-def _generate(params: Params, sd, classifier, prompts: list[str], ids: list[str], lambda_: float):
+def sample_seeds(params: Params, ids: list[str], given: list | None = None) -> tuple[list[int], list[int]]:
+    """(image seeds, video seeds): the prompts manifest's `seed` column when it has one, else derived
+    from (run seed, prompt id); the video seed is derived from the image seed, so one number names both."""
+    image = (
+        [int(s) for s in given]
+        if given is not None
+        else [item_seed(params.seed, "sample-image", i) for i in ids]
+    )
+    return image, [item_seed(s, "sample-video", i) for s, i in zip(image, ids, strict=True)]
+
+
+def _generate(params: Params, sd, classifier, prompts: list[str], ids: list[str], lambda_: float, seeds):
     """(images, videos or None) for the configured workflow."""
     from vidprior.unic import workflows
 
@@ -72,8 +83,7 @@ def _generate(params: Params, sd, classifier, prompts: list[str], ids: list[str]
         params.unic.videos,
         params.unic.guidance,
     )
-    image_seeds = [item_seed(params.seed, "sample-image", i) for i in ids]
-    video_seeds = [item_seed(params.seed, "sample-video", i) for i in ids]
+    image_seeds, video_seeds = seeds
     sd_args = dict(
         steps=images_cfg.steps,
         guidance_scale=images_cfg.guidance_scale,
@@ -152,12 +162,15 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
     classifier = build_classifier(sd.unet).load_head(head_dir)
     lambda_ = lambda_for(params)
     ids, texts = prompts["id"].tolist(), prompts["prompt"].tolist()
+    image_seeds, video_seeds = sample_seeds(
+        params, ids, prompts["seed"].tolist() if "seed" in prompts else None
+    )
     runs = [("guided", lambda_)] + ([("baseline", 0.0)] if cfg.with_baseline else [])
     rows, scores = [], {}
     for variant, strength in runs:
-        images, videos = _generate(params, sd, classifier, texts, ids, strength)
+        images, videos = _generate(params, sd, classifier, texts, ids, strength, (image_seeds, video_seeds))
         mode = params.unic.classifier.text_condition
-        seeds = [item_seed(params.seed, "sample-image", i) for i in ids]
+        seeds = image_seeds
         scores[variant] = classifier_scores(sd, classifier, images, texts, seeds, mode)
         for k, (item_id, prompt) in enumerate(zip(ids, texts, strict=True)):
             sample_id = f"{item_id}-{variant}"
