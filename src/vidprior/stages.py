@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vidprior.config import Params, flatten
 from vidprior.io.atomic import write_text_atomic
-from vidprior.io.manifest import MANIFEST, REJECTS
+from vidprior.io.manifest import MANIFEST, REJECTS, REPORT_DIR
 from vidprior.io.shards import Shard
 
 
@@ -50,9 +50,6 @@ STAGES: dict[str, Callable[[], Stage]] = {
     "unic.sample": _stage("vidprior.unic.sample", "unic.sample", ("train", "prompts")),
     "unic.register": _stage("vidprior.unic.register", "unic.classifier", ("train",)),
 }
-# A stage may write files for people (plots, validation reports, review pages) under this folder of
-# its output; they are logged as MLflow artifacts of the stage's run.
-REPORT_DIR = "report"
 # A stage's curve over steps (e.g. the training loss), logged as step-indexed MLflow metrics.
 HISTORY_FILE = "history.csv"
 

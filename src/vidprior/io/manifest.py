@@ -18,6 +18,9 @@ from vidprior.io.atomic import atomic_path
 MANIFEST = "manifest.parquet"
 REJECTS = "rejects.parquet"
 REJECT_COLUMNS = ["id", "stage", "reason", "detail"]
+# Files for people (plots, validation reports, review pages) go under this folder of a stage's output;
+# they are logged as MLflow artifacts of the stage's run.
+REPORT_DIR = "report"
 
 
 class ManifestError(ValueError):

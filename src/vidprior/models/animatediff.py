@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNetMotionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from vidprior.models.loading import finish_tiny, load_pretrained, seeded
-from vidprior.models.pia import _MODELING_LOGGER, _warnings_muted
+from vidprior.models.pia import adapter_and_motion_unet
 from vidprior.models.sd15 import SD15Parts
 from vidprior.models.spec import ModelSpec
 
@@ -100,18 +99,7 @@ def _check_compatible(adapter: MotionAdapter, base: SD15Parts) -> None:
 def build_animatediff(adapter_spec: ModelSpec, base: SD15Parts) -> AnimateDiffParts:
     """AnimateDiff from an adapter spec (`pretrained:` hub id or local MotionAdapter dir, or `tiny:`) +
     SD 1.5 (whose U-Net is copied, not modified)."""
-    if adapter_spec.tiny is not None:
-        with seeded(adapter_spec.tiny.seed):
-            adapter = MotionAdapter(**TINY_ADAPTER)
-        adapter = finish_tiny(adapter, adapter_spec)
-    else:
-        adapter = load_pretrained(MotionAdapter, adapter_spec)
-    _check_compatible(adapter, base)
-    # Copies the SD U-Net's weights into a new UNetMotionModel (cast to the base U-Net's dtype) and loads the
-    # adapter's temporal modules into it; from_config leaves it in train mode, hence eval(). The fixed seed
-    # only keeps the caller's RNG alone: every random init is overwritten by copied weights.
-    with _warnings_muted(_MODELING_LOGGER), seeded(0):
-        unet = UNetMotionModel.from_unet2d(base.unet, adapter).eval()
+    adapter, unet = adapter_and_motion_unet(adapter_spec, base, TINY_ADAPTER, _check_compatible)
     return AnimateDiffParts(
         unet=unet,
         motion_adapter=adapter,

@@ -23,7 +23,7 @@ diffusers quirks worth knowing (0.42.1):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -131,20 +131,32 @@ def _check_compatible(adapter: MotionAdapter, base: SD15Parts) -> None:
         )
 
 
-def build_pia(adapter_spec: ModelSpec, base: SD15Parts) -> PIAParts:
-    """PIA from an adapter spec (`pretrained:` hub id or local MotionAdapter dir, or `tiny:`) + SD 1.5."""
+def adapter_and_motion_unet(
+    adapter_spec: ModelSpec,
+    base: SD15Parts,
+    tiny_config: dict,
+    check: Callable[[MotionAdapter, SD15Parts], None],
+) -> tuple[MotionAdapter, UNetMotionModel]:
+    """The motion adapter of `adapter_spec` (pretrained, or tiny from `tiny_config`), checked against
+    `base` by `check`, and the motion U-Net made of the SD U-Net + the adapter (PIA and AnimateDiff)."""
     if adapter_spec.tiny is not None:
         with seeded(adapter_spec.tiny.seed):
-            adapter = MotionAdapter(**TINY_ADAPTER)
+            adapter = MotionAdapter(**tiny_config)
         adapter = finish_tiny(adapter, adapter_spec)
     else:
         adapter = load_pretrained(MotionAdapter, adapter_spec)
-    _check_compatible(adapter, base)
+    check(adapter, base)
     # Copies the SD U-Net's weights into a new UNetMotionModel (cast to the base U-Net's dtype) and loads the
-    # adapter's temporal modules and conv_in into it; from_config leaves it in train mode, hence eval(). The
-    # fixed seed only keeps the caller's RNG alone: every random init is overwritten by copied weights.
+    # adapter's temporal modules (and PIA's conv_in) into it; from_config leaves it in train mode, hence
+    # eval(). The fixed seed only keeps the caller's RNG alone: every random init is overwritten by copies.
     with _warnings_muted(_MODELING_LOGGER), seeded(0):
         unet = UNetMotionModel.from_unet2d(base.unet, adapter).eval()
+    return adapter, unet
+
+
+def build_pia(adapter_spec: ModelSpec, base: SD15Parts) -> PIAParts:
+    """PIA from an adapter spec (`pretrained:` hub id or local MotionAdapter dir, or `tiny:`) + SD 1.5."""
+    adapter, unet = adapter_and_motion_unet(adapter_spec, base, TINY_ADAPTER, _check_compatible)
     return PIAParts(
         unet=unet,
         motion_adapter=adapter,

@@ -18,15 +18,14 @@ import pandas as pd
 from vidprior.config import Params
 from vidprior.io.atomic import atomic_path
 from vidprior.io.checkpoint import clear_partials
-from vidprior.io.manifest import write_manifest, write_rejects
+from vidprior.io.manifest import REPORT_DIR, write_manifest, write_rejects
 from vidprior.io.media import MediaError, read_video
+from vidprior.unic.flow_rule import STAT_COLUMNS
 from vidprior.unic.generation import fingerprint, ok, rejected, run_batches, split_records
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
 
 STAGE = "unic.flow"
-STAT_COLUMNS = ["mean_u", "var_u", "mean_v", "var_v", "mean_mag", "var_mag"]
 BATCH = 32  # videos per checkpoint
-REPORT_DIR = "report"
 
 
 def statistics_record(video_id: str, path: Path, params: Params) -> dict:

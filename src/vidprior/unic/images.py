@@ -52,6 +52,7 @@ def image_items(prompts: pd.DataFrame, per_prompt: int, run_seed: int) -> pd.Dat
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] (clipped) to uint8: how every generated image and video frame is stored."""
     return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 

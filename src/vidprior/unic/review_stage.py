@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vidprior.config import Params
+from vidprior.io.manifest import REPORT_DIR
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
 
 STAGE = "unic.review"
-REPORT_DIR = "report"
 
 
 def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -> dict[str, float]:

@@ -48,6 +48,7 @@ import torch
 from vidprior.config import Params
 from vidprior.io.atomic import atomic_path, write_text_atomic
 from vidprior.io.checkpoint import ChunkStore, clear_partials, fingerprint
+from vidprior.io.manifest import REPORT_DIR
 from vidprior.io.media import read_image
 from vidprior.training import engine as ds
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
@@ -56,7 +57,6 @@ STAGE = "unic.train"
 CHECKPOINTS = "checkpoints"
 HISTORY = "history.csv"
 CLASSIFIER_JSON = "classifier.json"
-REPORT_DIR = "report"
 PLOT = "training.png"
 KEEP_CHECKPOINTS = 2
 CACHE_VERSION = 1

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from vidprior.config import Params
 from vidprior.io.atomic import write_text_atomic
+from vidprior.io.manifest import REPORT_DIR
 from vidprior.unic.stage_inputs import input_dir
 
 STAGE = "unic.validate"
-REPORT_DIR = "report"
 
 
 def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -> dict[str, float]:

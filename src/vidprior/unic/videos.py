@@ -87,8 +87,7 @@ class _PIAAnimator:
             height=cfg.height,
             width=cfg.width,
         )
-        # animate() returns uint8 already; the finiteness check below is then a no-op.
-        return [v.astype(np.float32) / 255.0 if v.dtype == np.uint8 else v for v in videos]
+        return videos  # uint8 already
 
 
 def model_id_for(params: Params) -> str:
@@ -135,11 +134,15 @@ def run(
             cfg,
         )
         for (row, _), video in zip(ready, videos, strict=True):
-            if not np.isfinite(video).all():
-                records.append(rejected(row.id, "non_finite_video", "the decoder produced NaN/inf pixels"))
-                continue
+            if video.dtype != np.uint8:  # SVD returns floats; PIA's animate() uint8 frames
+                if not np.isfinite(video).all():
+                    records.append(
+                        rejected(row.id, "non_finite_video", "the decoder produced NaN/inf pixels")
+                    )
+                    continue
+                video = to_uint8(video)
             relative = f"{MEDIA_DIR}/{row.id}.mp4"
-            path = write_video(output_dir / relative, to_uint8(video), cfg.fps, crf=cfg.crf)
+            path = write_video(output_dir / relative, video, cfg.fps, crf=cfg.crf)
             records.append(ok(row.id, path=relative, sha256=file_sha256(path), n_frames=int(len(video))))
         return records
 

@@ -20,6 +20,7 @@ import numpy as np
 from vidprior.seeding import generators
 from vidprior.unic.classifier import UniCClassifier, text_condition
 from vidprior.unic.guidance import guided
+from vidprior.unic.images import to_uint8
 
 if TYPE_CHECKING:
     from vidprior.models.animatediff import AnimateDiffParts
@@ -28,11 +29,6 @@ if TYPE_CHECKING:
     from vidprior.models.svd import SVDParts
 
 TextConditionMode = Literal["prompt", "empty"]
-
-
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Floats in [0, 1] (clipped) to uint8, as the images stage writes them."""
-    return (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _check_items(prompts: list[str], seeds: list[int], batch_size: int | None, height: int, width: int):
