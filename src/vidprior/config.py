@@ -46,6 +46,13 @@ class ModelsParams(StrictModel):
     # AnimateDiff's motion adapter (`guoyww/animatediff-motion-adapter-v1-5-2`) on `sd15`.
     animatediff: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
     cogvideox: ModelSpec
+    # UDPDiff's Panda-Dense labellers (SPEC "UDPDiff / Dataset"): the re-captioner, the first-frame
+    # entity segmenter (a panoptic model: every segment is an entity), SAM2 for video propagation and
+    # the per-frame depth estimator. Tiny specs build the same transformers classes, random weights.
+    video_llava: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
+    entity_segmenter: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
+    sam2: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
+    depth_anything: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
 
 
 class RuleFilterParams(StrictModel):
@@ -138,14 +145,20 @@ class FlowRuleParams(StrictModel):
     min_mean_magnitude: float = Field(0.5, ge=0)
 
 
-class JudgeEndpointParams(StrictModel):
+class ChatEndpointParams(StrictModel):
+    """An OpenAI-compatible chat endpoint (vLLM, TGI, OpenAI); the key is read from `api_key_env`."""
+
     base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "gpt-4o"
+    model: str = "Video-LLaVA-7B"
     api_key_env: str = "OPENAI_API_KEY"
     max_workers: int = Field(8, ge=1, le=256)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
     max_tokens: int = Field(300, ge=16)
+
+
+class JudgeEndpointParams(ChatEndpointParams):
+    model: str = "gpt-4o"
 
 
 class OfflineJudgeParams(StrictModel):
@@ -255,13 +268,147 @@ class UnicParams(StrictModel):
     lambdas: GuidanceLambdas = GuidanceLambdas()
 
 
+class SyntheticDenseParams(StrictModel):
+    """Stage `udpdiff.synthetic`: Panda-70M-shaped source of moving textured shapes whose entity masks
+    and depth are known exactly (feeds the local run and the tests)."""
+
+    videos: int = Field(6, ge=1)
+    clips_per_video: int = Field(2, ge=1)
+    frames: int = Field(17, ge=2)
+    height: int = Field(64, ge=16)
+    width: int = Field(64, ge=16)
+    fps: int = Field(8, ge=1)
+    max_entities: int = Field(3, ge=1, le=32)
+
+
+class PandaParams(StrictModel):
+    """Stage `udpdiff.clips`: Panda-70M CSV over local clips, quality/motion filter, normalised clips."""
+
+    # Both relative to the stage's input directory (or absolute).
+    csv: str = "panda70m.csv"
+    clips_dir: str = "clips"
+    # Keep at most this many clips (CSV order) after expansion; null keeps all.
+    max_clips: int | None = Field(None, ge=1)
+    min_matching_score: float = Field(0.0)
+    # Every kept clip is re-timed and resized to this (CogVideoX: 49 frames at 480x720, 8 fps).
+    frames: int = Field(49, ge=2)
+    height: int = Field(480, ge=16)
+    width: int = Field(720, ge=16)
+    fps: int = Field(8, ge=1)
+    # Quality: source resolution floor and sharpness (variance of the Laplacian, mean over frames).
+    min_source_height: int = Field(0, ge=0)
+    min_source_width: int = Field(0, ge=0)
+    min_sharpness: float = Field(0.0, ge=0)
+    # Motion score: mean flow magnitude (px at the flow analysis size) must lie in [min, max].
+    flow: FlowParams = FlowParams()
+    min_motion: float = Field(0.5, ge=0)
+    max_motion: float = Field(40.0, gt=0)
+
+
+class CaptionParams(StrictModel):
+    """Stage `udpdiff.captions`: the long caption; Panda-70M's short caption is always kept.
+
+    "panda" keeps the short caption as the long one (no re-captioning, recorded as such);
+    "video_llava" runs `models.video_llava` through transformers; "endpoint" asks a served model.
+    """
+
+    backend: Literal["panda", "video_llava", "endpoint"] = "panda"
+    frames: int = Field(8, ge=1)
+    max_new_tokens: int = Field(120, ge=1)
+    endpoint: ChatEndpointParams = ChatEndpointParams()
+    cache_dir: str = ".cache/vidprior/captions"
+
+
+class SegmentParams(StrictModel):
+    """Stage `udpdiff.segment`: first-frame entities propagated through the clip, then cleaned.
+
+    "models": `models.entity_segmenter` (panoptic) on frame 0, `models.sam2` propagation;
+    "classical": colour clustering on frame 0, optical-flow label warping (no weights; exact on the
+    synthetic source, which the tiny profile uses).
+    """
+
+    backend: Literal["models", "classical"] = "models"
+    # Holes (background pockets inside one entity) up to this share of the frame are filled.
+    max_hole_area: float = Field(0.002, ge=0, le=1)
+    # Entity regions smaller than this share of the frame become background.
+    min_region_area: float = Field(0.001, ge=0, le=1)
+    max_entities: int = Field(64, ge=1, le=4096)
+    # Panoptic score threshold of the first-frame segmenter.
+    score_threshold: float = Field(0.5, ge=0, le=1)
+    flow: FlowParams = FlowParams()
+
+
+class DepthParams(StrictModel):
+    """Stage `udpdiff.depth`. The paper uses DepthCrafter (a video diffusion depth model, not in
+    transformers); "depth_anything" is its per-frame baseline (Depth Anything V2, `models.depth_anything`);
+    "parallax" is inverse flow magnitude under camera motion (no weights; exact ordering on the
+    synthetic source, which the tiny profile uses)."""
+
+    backend: Literal["depth_anything", "parallax"] = "depth_anything"
+    # Per-frame estimates are scale/shift aligned to their neighbours and smoothed over this many frames.
+    temporal_window: int = Field(1, ge=1)
+    flow: FlowParams = FlowParams()
+
+
+class UDPDiffModelParams(StrictModel):
+    """The 32-channel CogVideoX (Sec. 3.3-3.4) built on `models.cogvideox`."""
+
+    # New input/output channels: copies of the pretrained 16 (the paper) or random (its ablation).
+    dense_init: Literal["duplicate", "random"] = "duplicate"
+
+
+class UDPDiffEncodeParams(StrictModel):
+    """Stage `udpdiff.encode`: VAE latents of clip + both Pixelplanes and T5 embeddings, computed once."""
+
+    max_text_tokens: int = Field(226, ge=8)  # CogVideoX's T5 length
+
+
 class UDPDiffTrainParams(StrictModel):
     steps: int = Field(40_000, ge=1)
     lr: float = Field(1e-5, gt=0)
+    zero_stage: int = Field(2, ge=0, le=3)
+    # ZeRO-Offload of optimizer states (and, with ZeRO-3, parameters) to CPU memory.
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    micro_batch: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    gradient_checkpointing: bool = True
+    # Tasks drawn 50/50 (segmentation, depth); the long caption with probability 0.8.
+    segmentation_probability: float = Field(0.5, ge=0, le=1)
+    long_caption_probability: float = Field(0.8, ge=0, le=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class UDPDiffSampleParams(StrictModel):
+    """Stage `udpdiff.sample`: text + task id -> video and its dense map."""
+
+    # "auto": DPM++ (CogVideoXDPMScheduler) for 5B, DDIM for 2B, as the paper.
+    scheduler: Literal["auto", "dpm++", "ddim"] = "auto"
+    steps: int = Field(50, ge=1)
+    frames: int = Field(49, ge=1)
+    height: int = Field(480, ge=8)
+    width: int = Field(720, ge=8)
+    fps: int = Field(8, ge=1)
+    guidance_scale: float = Field(6.0, ge=0)
+    # Captions (long) of the dataset's first `max_prompts` clips are the prompts.
+    max_prompts: int = Field(4, ge=1)
+    tasks: list[Literal["segmentation", "depth"]] = Field(
+        default_factory=lambda: ["segmentation", "depth"], min_length=1
+    )
 
 
 class UDPDiffParams(StrictModel):
+    synthetic: SyntheticDenseParams = SyntheticDenseParams()
+    panda: PandaParams = PandaParams()
+    captions: CaptionParams = CaptionParams()
+    segment: SegmentParams = SegmentParams()
+    depth: DepthParams = DepthParams()
+    model: UDPDiffModelParams = UDPDiffModelParams()
+    encode: UDPDiffEncodeParams = UDPDiffEncodeParams()
     train: UDPDiffTrainParams = UDPDiffTrainParams()
+    sample: UDPDiffSampleParams = UDPDiffSampleParams()
 
 
 class Params(StrictModel):
