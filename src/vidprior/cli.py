@@ -21,11 +21,16 @@ app = typer.Typer(
 unic_app = typer.Typer(
     help="Uni-C: video-prior labels and a plug-and-play guidance classifier.", no_args_is_help=True
 )
+udpdiff_app = typer.Typer(
+    help="UDPDiff: Panda-Dense data and CogVideoX generating video with segmentation or depth.",
+    no_args_is_help=True,
+)
 params_app = typer.Typer(help="Inspect and check params files.", no_args_is_help=True)
 io_app = typer.Typer(help="Manifest utilities (shard merge).", no_args_is_help=True)
 pipelines_app = typer.Typer(help="Kubeflow pipelines: compile.", no_args_is_help=True)
 local_app = typer.Typer(help="The local pipeline (DVC) under one MLflow parent run.", no_args_is_help=True)
 app.add_typer(unic_app, name="unic")
+app.add_typer(udpdiff_app, name="udpdiff")
 app.add_typer(params_app, name="params")
 app.add_typer(io_app, name="io")
 app.add_typer(pipelines_app, name="pipelines")
@@ -281,6 +286,130 @@ def unic_register(
 ):
     """Register the classifier as MLflow model `unic` (new version, alias `challenger`, lineage tags)."""
     _execute("unic.register", params, [classifier], output, metrics, track)
+
+
+@udpdiff_app.command("synthetic")
+def udpdiff_synthetic(
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """A Panda-70M-shaped source (CSV + clips) of moving shapes with exact masks and depth."""
+    _execute("udpdiff.synthetic", params, [], output, metrics, track)
+
+
+@udpdiff_app.command("clips")
+def udpdiff_clips(
+    source: Path = _dir("Directory with the Panda-70M CSV and its clips (`udpdiff.panda.csv`, `clips_dir`)."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Read Panda-70M clips, filter by quality and motion, write normalised clips."""
+    _execute("udpdiff.clips", params, [source], output, metrics, track)
+
+
+@udpdiff_app.command("captions")
+def udpdiff_captions(
+    clips: Path = _dir("Output of `udpdiff clips`."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Long captions (Video-LLaVA, an endpoint, or Panda's own) beside the short Panda caption."""
+    _execute("udpdiff.captions", params, [clips], output, metrics, track)
+
+
+@udpdiff_app.command("segment")
+def udpdiff_segment(
+    clips: Path = _dir("Output of `udpdiff clips`."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Entity segmentation of frame 0 propagated through each clip, as Pixelplanes videos."""
+    _execute("udpdiff.segment", params, [clips], output, metrics, track)
+
+
+@udpdiff_app.command("depth")
+def udpdiff_depth(
+    clips: Path = _dir("Output of `udpdiff clips`."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Video depth of each clip, as Pixelplanes (Spectral) videos."""
+    _execute("udpdiff.depth", params, [clips], output, metrics, track)
+
+
+@udpdiff_app.command("dataset")
+def udpdiff_dataset(
+    clips: Path = _dir("Output of `udpdiff clips`."),
+    captions: Path = _dir("Output of `udpdiff captions`."),
+    segment: Path = _dir("Output of `udpdiff segment`."),
+    depth: Path = _dir("Output of `udpdiff depth`."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Join clips, captions, segmentation and depth into Panda-Dense; validate it (Great Expectations)."""
+    _execute("udpdiff.dataset", params, [clips, captions, segment, depth], output, metrics, track)
+
+
+@udpdiff_app.command("encode")
+def udpdiff_encode(
+    dataset: Path = _dir("Output of `udpdiff dataset`."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Precompute VAE latents (clip, segmentation, depth) and T5 embeddings (long, short caption)."""
+    _execute("udpdiff.encode", params, [dataset], output, metrics, track)
+
+
+@udpdiff_app.command("train")
+def udpdiff_train(
+    latents: Path = _dir("Output of `udpdiff encode`."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Fine-tune the 32-channel CogVideoX with DeepSpeed (one process; for several ranks run
+    `torchrun --nproc_per_node N -m vidprior.udpdiff.train`)."""
+    _execute("udpdiff.train", params, [latents], output, metrics, track)
+
+
+@udpdiff_app.command("sample")
+def udpdiff_sample(
+    model: Path = _dir("Output of `udpdiff train` (holds transformer/)."),
+    dataset: Path = _dir("Output of `udpdiff dataset`: its long captions are the prompts."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Generate video + segmentation or depth per prompt and task; decode the dense maps."""
+    _execute("udpdiff.sample", params, [model, dataset], output, metrics, track)
+
+
+@udpdiff_app.command("register")
+def udpdiff_register(
+    model: Path = _dir("Output of `udpdiff train` (holds transformer/)."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Register the fine-tuned transformer as MLflow model `udpdiff` (alias `challenger`)."""
+    _execute("udpdiff.register", params, [model], output, metrics, track)
 
 
 @params_app.command("show")

@@ -284,7 +284,10 @@ class SyntheticDenseParams(StrictModel):
 class PandaParams(StrictModel):
     """Stage `udpdiff.clips`: Panda-70M CSV over local clips, quality/motion filter, normalised clips."""
 
-    # Both relative to the stage's input directory (or absolute).
+    # Where the Kubeflow pipeline imports the source directory (CSV + clips) from, e.g. an object-store
+    # URI; null generates the synthetic source (`udpdiff.synthetic`) instead. DVC reads data/udpdiff/source.
+    source_uri: str | None = None
+    # Both relative to the source directory (or absolute).
     csv: str = "panda70m.csv"
     clips_dir: str = "clips"
     # Keep at most this many clips (CSV order) after expansion; null keeps all.

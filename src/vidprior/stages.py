@@ -49,6 +49,16 @@ STAGES: dict[str, Callable[[], Stage]] = {
     "unic.train": _stage("vidprior.unic.train", "unic.train", ("labels", "images")),
     "unic.sample": _stage("vidprior.unic.sample", "unic.sample", ("train", "prompts")),
     "unic.register": _stage("vidprior.unic.register", "unic.classifier", ("train",)),
+    "udpdiff.synthetic": _stage("vidprior.udpdiff.synthetic", "udpdiff.synthetic"),
+    "udpdiff.clips": _stage("vidprior.udpdiff.clips", "udpdiff.panda", ("panda source",)),
+    "udpdiff.captions": _stage("vidprior.udpdiff.captions", "udpdiff.captions", ("clips",)),
+    "udpdiff.segment": _stage("vidprior.udpdiff.segment", "udpdiff.segment", ("clips",)),
+    "udpdiff.depth": _stage("vidprior.udpdiff.depth", "udpdiff.depth", ("clips",)),
+    "udpdiff.dataset": _stage("vidprior.udpdiff.dataset", "", ("clips", "captions", "segment", "depth")),
+    "udpdiff.encode": _stage("vidprior.udpdiff.encode", "udpdiff.encode", ("dataset",)),
+    "udpdiff.train": _stage("vidprior.udpdiff.train", "udpdiff.train", ("encode",)),
+    "udpdiff.sample": _stage("vidprior.udpdiff.sample", "udpdiff.sample", ("train", "dataset")),
+    "udpdiff.register": _stage("vidprior.udpdiff.register", "udpdiff.model", ("train",)),
 }
 # A stage's curve over steps (e.g. the training loss), logged as step-indexed MLflow metrics.
 HISTORY_FILE = "history.csv"

@@ -139,3 +139,19 @@ def test_clear_partials_removes_temp_files_a_killed_writer_left(tmp_path):
     ChunkStore(tmp_path, "videos", "fp")
     clear_partials(tmp_path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.mp4", "videos"]
+
+
+def test_lossless_video_round_trips_exactly_and_deterministically(tmp_path):
+    import numpy as np
+
+    from vidprior.io.media import read_video, write_video
+
+    # Random colours on an odd-sized frame: yuv420p would both refuse the size and blur the colours.
+    frames = np.random.default_rng(0).integers(0, 256, (4, 17, 23, 3), dtype=np.uint8)
+    first = write_video(tmp_path / "a.mp4", frames, 8, lossless=True)
+    back, fps = read_video(first)
+    assert fps == 8 and np.array_equal(back, frames)
+    second = write_video(tmp_path / "b.mp4", frames, 8, lossless=True)
+    assert first.read_bytes() == second.read_bytes()
+    lossy, _ = read_video(write_video(tmp_path / "c.mp4", frames[:, :16, :22], 8))
+    assert not np.array_equal(lossy, frames[:, :16, :22])

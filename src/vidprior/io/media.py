@@ -40,23 +40,32 @@ def _check_frames(frames: np.ndarray, where: Path) -> np.ndarray:
     return frames
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int, *, crf: int = 18) -> Path:
-    """Write RGB frames (T, H, W, 3) uint8 as an H.264 mp4, atomically."""
+def write_video(path: Path, frames: np.ndarray, fps: int, *, crf: int = 18, lossless: bool = False) -> Path:
+    """Write RGB frames (T, H, W, 3) uint8 as an H.264 mp4, atomically.
+
+    `lossless=True` encodes the RGB values themselves (libx264rgb, qp 0), so `read_video` returns
+    exactly the frames written: for label videos (Pixelplanes), where yuv420p's chroma subsampling
+    would bleed one entity's colour into its neighbour. `crf` is then ignored.
+    """
     import av
 
     path = Path(path)
     frames = _check_frames(frames, path)
     _, height, width, _ = frames.shape
-    if height % 2 or width % 2:
+    if not lossless and (height % 2 or width % 2):
         # yuv420p subsamples chroma by 2 in each direction, so x264 refuses odd sizes.
         raise MediaError(f"{path}: H.264 (yuv420p) needs an even width and height, got {width}x{height}")
+    # The same frames must give the same bytes (resumed runs, DVC hashes): one thread, and no
+    # B-frames: with them x264's B-frame decisions read uninitialised memory on small frames
+    # (a 32 px test clip changed bytes in ~1 encode of 30 as the heap changed; 0 of 200 without).
+    if lossless:
+        codec, pix_fmt, quality = "libx264rgb", "rgb24", {"qp": "0"}
+    else:
+        codec, pix_fmt, quality = "libx264", "yuv420p", {"crf": str(crf)}
     with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(int(fps)))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # The same frames must give the same bytes (resumed runs, DVC hashes): one thread, and no
-        # B-frames: with them x264's B-frame decisions read uninitialised memory on small frames
-        # (a 32 px test clip changed bytes in ~1 encode of 30 as the heap changed; 0 of 200 without).
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "bframes=0"}
+        stream = container.add_stream(codec, rate=Fraction(int(fps)))
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.options = {**quality, "preset": "medium", "threads": "1", "x264-params": "bframes=0"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

@@ -1,0 +1,1 @@
+"""UDPDiff: dense prediction (entity segmentation, depth) with a video diffusion model."""
