@@ -6,12 +6,14 @@ from pathlib import Path
 from kfp import compiler
 from kfp.dsl import graph_component
 
+from pipelines.udpdiff import build_udpdiff_pipeline
 from pipelines.unic import build_unic_pipeline
 from vidprior.config import Params
 
 # File stem -> pipeline factory. A new pipeline is one more entry.
 PIPELINES: dict[str, Callable[[Params], graph_component.GraphComponent]] = {
     "unic": build_unic_pipeline,
+    "udpdiff": build_udpdiff_pipeline,
 }
 
 

@@ -7,9 +7,8 @@ What a model version holds (its artifacts; nothing is pickled):
   directory + revision + dtype, or a tiny random seed), the lambda table (Uni-C Suppl. Table III), the
   classifier's settings (text condition) and the default sampling settings (steps, CFG scale, size, guidance
   range), all taken from the params at registration time;
-- the python model as *code* (MLflow "models from code"): a three-line script that imports `UniCModel` from
-  the installed `vidprior` package and hands an instance to `mlflow.models.set_model`. Loading therefore
-  needs `vidprior` installed (it is in the model's requirements), never a pickled class or closure.
+- the python model as *code* (MLflow "models from code", `vidprior.registry.pyfunc`): a script that imports
+  `UniCModel` from the installed `vidprior` package, never a pickled class or closure.
 
 The SD 1.5 weights are not copied into the registry: `load_context` rebuilds the base model from its spec with
 `vidprior.models.build_sd15` (the HF cache or the hub for a pretrained id, the same classes with seeded random
@@ -29,24 +28,18 @@ seed. The sampling parameters (the signature's ParamSchema, defaults from the co
 - `start`, `end`: the guided part of the trajectory (fractions of the steps, start < end);
 - `batch_size`: images per pipeline call (memory only; seeds are per image, so it never changes an image).
 
-Registration (`log_unic_model`) logs the model into a run (a new `unic_register` run unless one is given),
-registers it as a new version of `unic`, tags the version with its lineage (`git_commit`, `dvc_data_hash`,
-`params_digest`, `base_model`) and points the alias `challenger` at it. Registry stages are not used.
+Registration (`log_unic_model`, through `vidprior.registry.pyfunc.log_code_model`) logs the model into a
+run (a new `unic_register` run unless one is given), registers it as a new version of `unic`, tags the
+version with its lineage (`git_commit`, `dvc_data_hash`, `params_digest`, `base_model`) and points the
+alias `challenger` at it.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
-import os
-import tempfile
 import threading
-import time
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,47 +47,32 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from vidprior.registry.pyfunc import (
+    CHALLENGER,
+    CONFIG_ARTIFACT,
+    RegisteredModel,
+    code_model_script,
+    default_device,
+    dvc_out_hash,
+    lineage_tags,
+    load_registered,
+    log_code_model,
+    read_config,
+)
+
 if TYPE_CHECKING:
     from vidprior.config import Params
 
+__all__ = ["CHALLENGER", "MODEL_NAME", "UniCModel", "dvc_out_hash", "log_unic_model", "resolve_lambda"]
+
 MODEL_NAME = "unic"
-CHALLENGER = "challenger"
-ARTIFACT_NAME = "unic"  # the logged model's name (MLflow 3 `name=`, formerly `artifact_path=`)
 CONFIG_FILE = "unic_config.json"
 CONFIG_FORMAT = 1
 HEAD_ARTIFACT = "head"
-CONFIG_ARTIFACT = "config"
 DEFAULT_TASK = "sd_svd"
 DVC_DATA_OUT = "data/unic/labels"  # the labelled data the head was trained on
 REGISTER_STAGE = "unic_register"
-DEVICE_ENV = "VIDPRIOR_DEVICE"  # "cpu", "cuda", "cuda:1"...; default: cuda when available, else cpu
 SEED_PURPOSE = "unic_model"
-
-# Runtime dependencies of the model (pinned to the installed versions at log time); the rest of vidprior's
-# pins (kfp, dvc, deepspeed, ...) are pipeline tooling the model never imports.
-RUNTIME_DISTRIBUTIONS = (
-    "torch",
-    "diffusers",
-    "transformers",
-    "tokenizers",
-    "safetensors",
-    "huggingface_hub",
-    "accelerate",
-    "numpy",
-    "pandas",
-    "pillow",
-    "pydantic",
-    "PyYAML",
-)
-
-_CODE_TEMPLATE = '''"""The Uni-C model as MLflow model-from-code (written by vidprior.registry.unic_model)."""
-
-import mlflow
-
-from vidprior.registry.unic_model import UniCModel
-
-mlflow.models.set_model(UniCModel())
-'''
 
 
 # --------------------------------------------------------------------------- config
@@ -190,12 +168,6 @@ def decode_png(data: str) -> np.ndarray:
 # --------------------------------------------------------------------------- the pyfunc
 
 
-def _default_device() -> str:
-    import torch
-
-    return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class UniCModel(mlflow.pyfunc.PythonModel):
     """Uni-C-guided SD 1.5 text-to-image; see the module docstring for inputs, outputs and params."""
 
@@ -214,12 +186,10 @@ class UniCModel(mlflow.pyfunc.PythonModel):
         from vidprior.models.spec import ModelSpec
         from vidprior.unic.classifier import build_classifier
 
-        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
-        if config.get("format") != CONFIG_FORMAT:
-            raise ValueError(f"{config_file}: unsupported {CONFIG_FILE} format {config.get('format')!r}")
-        spec = ModelSpec.model_validate_json(json.dumps(config["base_model"]))
+        config = read_config(config_file, CONFIG_FORMAT)
+        spec = ModelSpec.model_validate(config["base_model"])
         parts = build_sd15(spec)
-        device = device or _default_device()
+        device = device or default_device()
         if device != "cpu":
             for module in (parts.unet, parts.vae, parts.text_encoder):
                 module.to(device)
@@ -309,74 +279,6 @@ class UniCModel(mlflow.pyfunc.PythonModel):
 # --------------------------------------------------------------------------- registration
 
 
-@dataclass(frozen=True)
-class RegisteredUniC:
-    """What `log_unic_model` registered: `models:/<name>/<version>`, and the alias that now points at it."""
-
-    name: str
-    version: str
-    run_id: str
-    model_uri: str
-    alias: str
-    model_id: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def alias_uri(self) -> str:
-        return f"models:/{self.name}@{self.alias}"
-
-
-def dvc_out_hash(lock_path: Path | str, out_path: str) -> str:
-    """The md5 DVC recorded in `dvc.lock` for the output `out_path` ("<md5>.dir" for a directory), or ""."""
-    import yaml
-
-    lock_path = Path(lock_path)
-    if not lock_path.is_file():
-        return ""
-    data = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}
-    wanted = Path(out_path).as_posix().rstrip("/")
-    for stage in (data.get("stages") or {}).values():
-        for out in (stage or {}).get("outs") or []:
-            if isinstance(out, dict) and str(out.get("path", "")).rstrip("/") == wanted:
-                return str(out.get("md5") or "")
-    return ""
-
-
-def model_pip_requirements() -> list[str]:
-    """The model's runtime dependencies pinned to the installed versions (no resolution, no network)."""
-    from packaging.version import Version
-
-    import vidprior
-
-    def pin(dist: str, version: str) -> str:
-        # The public version: a local label (torch's "+cpu") is not on PyPI and would not install.
-        return f"{dist}=={Version(version).public}"
-
-    reqs = [pin("mlflow", mlflow.__version__), pin("vidprior", vidprior.__version__)]
-    for dist in RUNTIME_DISTRIBUTIONS:
-        try:
-            reqs.append(pin(dist, importlib_metadata.version(dist)))
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return reqs
-
-
-def _lineage_tags(params: Params, lineage: Mapping[str, str] | None) -> dict[str, str]:
-    from vidprior.registry.tracking import git_commit, project_root
-
-    given = dict(lineage or {})
-    tags = {
-        "git_commit": given.pop("git_commit", None) or git_commit(),
-        "dvc_data_hash": given.pop("dvc_data_hash", None)
-        if "dvc_data_hash" in given
-        else dvc_out_hash(project_root() / "dvc.lock", DVC_DATA_OUT),
-        "params_digest": given.pop("params_digest", None) or params.digest(),
-        "base_model": given.pop("base_model", None) or params.models.sd15.model_id,
-    }
-    tags.update(given)
-    return {k: str(v if v is not None else "") for k, v in tags.items()}
-
-
 def log_unic_model(
     head_dir: Path,
     params: Params,
@@ -385,7 +287,7 @@ def log_unic_model(
     alias: str = CHALLENGER,
     lineage: Mapping[str, str] | None = None,
     run_id: str | None = None,
-) -> RegisteredUniC:
+) -> RegisteredModel:
     """Log the pyfunc, register it as a new version of `registered_name`, tag its lineage, move `alias`.
 
     `head_dir`: the directory holding `head.safetensors` (or the file itself). `lineage` overrides or adds
@@ -394,83 +296,30 @@ def log_unic_model(
     SD 1.5 spec's model id. `run_id`: an existing run to attach the model to (left as it is); by default a new
     `unic_register` run in the params' experiment, nested under `VIDPRIOR_PARENT_RUN_ID` when set.
     """
-    from mlflow.models import Model
-
-    from vidprior.registry.tracking import PARENT_RUN_ENV, use_experiment
     from vidprior.unic.classifier import HEAD_FILE
 
     head_file = Path(head_dir)
     head_file = head_file / HEAD_FILE if head_file.is_dir() else head_file
     if not head_file.is_file():
         raise FileNotFoundError(f"{head_file}: no classifier head (expected {HEAD_FILE} from `unic train`)")
-    tags = _lineage_tags(params, lineage)
     config = unic_config(params)
-    experiment_id = use_experiment(params.tracking.experiment)
-    client = mlflow.MlflowClient()
-
-    own_run = run_id is None
-    if own_run:
-        run_tags = {"vidprior.stage": REGISTER_STAGE, **{f"vidprior.{k}": v for k, v in tags.items()}}
-        if os.environ.get(PARENT_RUN_ENV):
-            run_tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
-        run_id = client.create_run(experiment_id, run_name=REGISTER_STAGE, tags=run_tags).info.run_id
-    status = "FAILED"
-    try:
-        with tempfile.TemporaryDirectory(prefix="unic_model_") as tmp:
-            code_file = Path(tmp) / "unic_pyfunc.py"
-            code_file.write_text(_CODE_TEMPLATE, encoding="utf-8")
-            config_file = Path(tmp) / CONFIG_FILE
-            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            # The LoggedModel is created explicitly in the run's experiment: left to Model.log, MLflow 3
-            # puts it in the *active* experiment (Default unless mlflow.set_experiment was called) when no
-            # run is active, whatever the source run's experiment is.
-            logged = mlflow.initialize_logged_model(
-                name=ARTIFACT_NAME,
-                source_run_id=run_id,
-                tags={"vidprior.model": MODEL_NAME, **tags},
-                model_type=MODEL_NAME,
-                experiment_id=experiment_id,
-            )
-            # Model.log rather than mlflow.pyfunc.log_model: only it takes a run_id, so a caller's run is
-            # used without resuming (and then ending) it as the fluent API would. No input example: MLflow
-            # would validate it by loading the model and sampling at log time (the whole SD 1.5 for real).
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-                info = Model.log(
-                    artifact_path=None,  # deprecated for `name`, yet a required parameter of Model.log
-                    name=ARTIFACT_NAME,
-                    flavor=mlflow.pyfunc,
-                    python_model=str(code_file),
-                    artifacts={HEAD_ARTIFACT: str(head_file), CONFIG_ARTIFACT: str(config_file)},
-                    signature=unic_signature(config),
-                    pip_requirements=model_pip_requirements(),
-                    registered_model_name=registered_name,
-                    run_id=run_id,
-                    model_id=logged.model_id,
-                    metadata={"unic_config": CONFIG_FILE, "base_model": config["base_model_id"]},
-                )
-        version = str(info.registered_model_version)
-        for key, value in tags.items():
-            client.set_model_version_tag(registered_name, version, key, value)
-        client.set_registered_model_alias(registered_name, alias, version)
-        status = "FINISHED"
-    finally:
-        if own_run:
-            client.set_terminated(run_id, status, end_time=int(time.time() * 1000))
-    return RegisteredUniC(
-        name=registered_name,
-        version=version,
-        run_id=run_id,
-        model_uri=f"models:/{registered_name}/{version}",
+    return log_code_model(
+        params=params,
+        model_type=MODEL_NAME,
+        register_stage=REGISTER_STAGE,
+        code=code_model_script(__name__, UniCModel.__name__),
+        config=config,
+        config_file=CONFIG_FILE,
+        artifacts={HEAD_ARTIFACT: head_file},
+        signature=unic_signature(config),
+        tags=lineage_tags(params, lineage, data_out=DVC_DATA_OUT, base_model=params.models.sd15.model_id),
+        metadata={"unic_config": CONFIG_FILE, "base_model": config["base_model_id"]},
+        registered_name=registered_name,
         alias=alias,
-        model_id=info.model_id,
-        tags=tags,
+        run_id=run_id,
     )
 
 
 def load_unic(uri: str = f"models:/{MODEL_NAME}@{CHALLENGER}"):
     """The registered Uni-C model as a pyfunc (`.predict(DataFrame, params=...)`)."""
-    from vidprior.registry.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow.pyfunc.load_model(uri)
+    return load_registered(uri)

@@ -137,7 +137,6 @@ def _layer_maps(
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Entity ids (T, H, W) and each entity's coverage (T, H, W), far to near compositing."""
     ids = np.zeros((frames, height, width), dtype=np.int32)
-    coverages = []
     order = sorted(range(len(entities)), key=lambda i: -entities[i].depth)
     by_index: dict[int, np.ndarray] = {}
     for i in order:
@@ -202,8 +201,13 @@ def _direction_word(velocity: np.ndarray) -> str:
     return "up" if vy < 0 else "down"
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _caption(entities: Sequence[Entity], velocity: np.ndarray) -> str:
-    names = [f"a {e.colour} {e.shape}" for e in sorted(entities, key=lambda e: e.depth)]
+    """Nearest entity first, e.g. 'an orange circle and a blue square move left'."""
+    names = [f"{_article(e.colour)} {e.colour} {e.shape}" for e in sorted(entities, key=lambda e: e.depth)]
     subject = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     verb = "moves" if len(names) == 1 else "move"
     return f"{subject} {verb} {_direction_word(velocity)}"
@@ -297,6 +301,12 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
     if inputs:
         raise ValueError(f"{STAGE} takes no inputs, got {list(inputs)}")
     cfg = params.udpdiff.synthetic
+    if cfg.height % 2 or cfg.width % 2:
+        # Checked before any rendering: the clips are H.264 (yuv420p), which needs even sizes.
+        raise ValueError(
+            "udpdiff.synthetic.height/width: expected even values (H.264 clips), "
+            f"got {cfg.height}x{cfg.width}"
+        )
     output_dir = Path(output_dir)
     started = time.perf_counter()
     duration = cfg.frames / cfg.fps

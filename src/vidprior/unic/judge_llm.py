@@ -23,33 +23,32 @@ rerun over the same videos costs no endpoint calls. The API key is read from the
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
-import os
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
-import numpy as np
-
 from vidprior.config import JudgeEndpointParams
-from vidprior.io.atomic import write_text_atomic
 from vidprior.llm import (
     ChatClient,
-    EndpointConfig,
     EndpointRejected,
     LLMError,
     MalformedAnswer,
     parse_json_answer,
 )
 from vidprior.unic.judge_types import CRITERIA, TEMPORAL_CRITERIA, JudgeItem, Verdict
+from vidprior.vision_chat import (
+    CONTENT_POLICY_CODES,
+    AnswerCache,
+    config_error_message,
+    jpeg_data_url,
+    make_client,
+    run_until_first_error,
+    sha256_text,
+)
 
 __all__ = [
     "IMAGE_CRITERIA",
@@ -74,13 +73,7 @@ Mode = Literal["video", "image"]
 IMAGE_CRITERIA = tuple(k for k in CRITERIA if k not in TEMPORAL_CRITERIA)
 EXPLANATION_KEY = "explanation"
 
-# JPEG keeps four 512x512 frames well under request-size limits; quality 90 leaves no visible artefacts
-# that could pass for distortion (criterion 2).
-_JPEG_QUALITY = 90
 _DETAIL_CHARS = 300
-# Error codes with which OpenAI and Azure OpenAI reject one request's content (here: a generated image)
-# rather than the configuration; such an item is "refused", not a reason to stop the stage.
-_CONTENT_POLICY_CODES = frozenset({"content_filter", "content_policy_violation", "moderation_blocked"})
 _EXPLANATION_TEMPLATE = "<one short sentence>"
 
 
@@ -90,20 +83,6 @@ class JudgeConfigError(RuntimeError):
 
 def criteria_for(mode: Mode) -> tuple[str, ...]:
     return IMAGE_CRITERIA if mode == "image" else tuple(CRITERIA)
-
-
-def make_client(endpoint: JudgeEndpointParams, *, sleep: Callable[[float], None] = time.sleep) -> ChatClient:
-    """A ChatClient for the judge endpoint; `sleep` is injectable so tests need not wait out backoff."""
-    return ChatClient(
-        EndpointConfig(
-            base_url=endpoint.base_url,
-            model=endpoint.model,
-            api_key_env=endpoint.api_key_env,
-            timeout_s=endpoint.timeout_s,
-            max_retries=endpoint.max_retries,
-        ),
-        sleep=sleep,
-    )
 
 
 # --------------------------------------------------------------------------- prompt
@@ -139,18 +118,6 @@ def _instructions(mode: Mode, n_frames: int) -> str:
     )
 
 
-def _data_url(frame: np.ndarray) -> str:
-    frame = np.asarray(frame)
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {frame.dtype} {frame.shape}")
-    ok, buf = cv2.imencode(
-        ".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]
-    )
-    if not ok:
-        raise ValueError(f"could not encode a {frame.shape} frame as JPEG")
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
-
-
 def build_messages(item: JudgeItem, mode: Mode) -> list[dict[str, Any]]:
     """System instructions (the criteria verbatim), then the prompt and the labelled frames in order."""
     frames = list(item.frames)
@@ -161,7 +128,7 @@ def build_messages(item: JudgeItem, mode: Mode) -> list[dict[str, Any]]:
     content: list[dict[str, Any]] = [{"type": "text", "text": f"Prompt: {item.prompt}"}]
     for i, frame in enumerate(frames, start=1):
         content.append({"type": "text", "text": "image" if mode == "image" else f"frame {i}"})
-        content.append({"type": "image_url", "image_url": {"url": _data_url(frame)}})
+        content.append({"type": "image_url", "image_url": {"url": jpeg_data_url(frame)}})
     return [
         {"role": "system", "content": _instructions(mode, len(frames))},
         {"role": "user", "content": content},
@@ -205,8 +172,7 @@ class CacheKey:
 
     @classmethod
     def of(cls, item: JudgeItem, model: str, mode: Mode) -> CacheKey:
-        prompt_sha = hashlib.sha256(item.prompt.encode("utf-8")).hexdigest()
-        return cls(item.content_hash, PROMPT_VERSION, model, mode, prompt_sha, len(item.frames))
+        return cls(item.content_hash, PROMPT_VERSION, model, mode, sha256_text(item.prompt), len(item.frames))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -219,7 +185,7 @@ class CacheKey:
         }
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode("utf-8")).hexdigest()
+        return AnswerCache.digest(self.as_dict())
 
 
 @dataclass(frozen=True)
@@ -234,39 +200,24 @@ class JudgeCache:
 
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = Path(cache_dir)
+        self._files = AnswerCache(self.cache_dir, "judge")
 
     def path(self, key: CacheKey) -> Path:
-        digest = key.digest()
-        # Two-character fan-out keeps directories small over hundreds of thousands of videos.
-        return self.cache_dir / digest[:2] / f"{digest}.json"
+        return self._files.path(key.as_dict())
 
     def get(self, key: CacheKey) -> CachedAnswer | None:
-        path = self.path(key)
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            # The stored key guards against a file copied or renamed from elsewhere answering for this one.
-            if record["key"] != key.as_dict():
-                raise ValueError("stored key differs")
+        def check(record: dict[str, Any]) -> CachedAnswer:
             criteria = record["criteria"]
             keys = criteria_for(key.mode)
             if list(criteria) != list(keys) or not all(isinstance(v, bool) for v in criteria.values()):
                 raise ValueError("criteria do not match the mode")
             return CachedAnswer(dict(criteria), str(record.get("explanation", "")), str(record["raw"]))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            # A torn or hand-edited file costs one request, never the run.
-            log.warning("ignoring unreadable judge cache file %s (%s)", path, type(exc).__name__)
-            return None
+
+        return self._files.get(key.as_dict(), check)
 
     def put(self, key: CacheKey, answer: CachedAnswer) -> None:
-        record = {
-            "key": key.as_dict(),
-            "criteria": answer.criteria,
-            "explanation": answer.explanation,
-            "raw": answer.raw,
-        }
-        write_text_atomic(self.path(key), json.dumps(record, ensure_ascii=False, indent=1) + "\n")
+        fields = {"criteria": answer.criteria, "explanation": answer.explanation, "raw": answer.raw}
+        self._files.put(key.as_dict(), fields)
 
 
 # --------------------------------------------------------------------------- judge
@@ -346,51 +297,31 @@ class LLMJudge:
         progress: Callable[[int], None] | None,
     ) -> None:
         lock = threading.Lock()
-        stop = threading.Event()
 
-        def task(key: CacheKey, indices: list[int]) -> None:
-            if stop.is_set():
-                return
-            first = items[indices[0]]
-            try:
-                verdict = self._ask(first, key)
-            except JudgeConfigError:
-                stop.set()
-                raise
+        def task(key: CacheKey) -> None:
+            indices = pending[key]
+            # A JudgeConfigError (or a bug such as a malformed frame) aborts the queued items at once.
+            verdict = self._ask(items[indices[0]], key)
             with lock:
                 for index in indices:
                     results[index] = replace(verdict, id=items[index].id)
             if progress is not None:
                 progress(len(indices))
 
-        workers = min(self.endpoint.max_workers, len(pending))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm-judge")
-        try:
-            futures: list[Future[None]] = [pool.submit(task, key, idx) for key, idx in pending.items()]
-            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in finished:
-                # Re-raises the first JudgeConfigError (or a bug such as a malformed frame) at once.
-                future.result()
-        finally:
-            # On an abort, queued items are dropped instead of each collecting the same 401.
-            pool.shutdown(wait=True, cancel_futures=True)
+        run_until_first_error(task, pending, self.endpoint.max_workers, "llm-judge")
 
     def _ask(self, item: JudgeItem, key: CacheKey) -> Verdict:
         messages = build_messages(item, self.mode)
         try:
             answer = self.client.complete(messages, temperature=0.0, max_tokens=self.endpoint.max_tokens)
         except EndpointRejected as exc:
-            if exc.code in _CONTENT_POLICY_CODES:
+            if exc.code in CONTENT_POLICY_CODES:
                 return self._unlabelled(item, "refused", str(exc))
             if exc.status == 408:
                 # A proxy's request timeout says nothing about the configuration.
                 return self._unlabelled(item, "endpoint_error", str(exc))
-            env = self.endpoint.api_key_env
-            state = "set" if os.environ.get(env) else "not set"
             raise JudgeConfigError(
-                f"judge endpoint {self.endpoint.base_url} (model {self.endpoint.model!r}) rejected a "
-                f"request: {exc}. Check judge.endpoint.base_url, judge.endpoint.model and the API key "
-                f"in ${env} (currently {state})."
+                config_error_message("judge", "judge.endpoint", self.endpoint, exc)
             ) from None
         except LLMError as exc:
             return self._unlabelled(item, "endpoint_error", str(exc))

@@ -5,6 +5,12 @@ Importing this package does not import GX (seconds of import time); the first va
 
 from __future__ import annotations
 
+from vidprior.validation.dense_suites import (
+    dense_accounting_frame,
+    dense_accounting_suite,
+    dense_items_suite,
+    validate_dense,
+)
 from vidprior.validation.runner import (
     ExpectationOutcome,
     SuiteCheck,
@@ -45,4 +51,8 @@ __all__ = [
     "validate_flow",
     "validate_frame",
     "validate_labels",
+    "dense_accounting_frame",
+    "dense_accounting_suite",
+    "dense_items_suite",
+    "validate_dense",
 ]
