@@ -70,6 +70,17 @@ class EndpointConfig:
     backoff_s: float = 1.0
     max_backoff_s: float = 30.0
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> EndpointConfig:
+        """From a params section with base_url, model, api_key_env, timeout_s and max_retries."""
+        return cls(
+            base_url=settings.base_url,
+            model=settings.model,
+            api_key_env=settings.api_key_env,
+            timeout_s=settings.timeout_s,
+            max_retries=settings.max_retries,
+        )
+
 
 @dataclass(frozen=True)
 class ChatAnswer:

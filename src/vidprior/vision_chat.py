@@ -51,16 +51,7 @@ K = TypeVar("K")
 
 def make_client(endpoint: ChatEndpointParams, *, sleep: Callable[[float], None] = time.sleep) -> ChatClient:
     """A ChatClient for `endpoint`; `sleep` is injectable so tests need not wait out backoff."""
-    return ChatClient(
-        EndpointConfig(
-            base_url=endpoint.base_url,
-            model=endpoint.model,
-            api_key_env=endpoint.api_key_env,
-            timeout_s=endpoint.timeout_s,
-            max_retries=endpoint.max_retries,
-        ),
-        sleep=sleep,
-    )
+    return ChatClient(EndpointConfig.from_settings(endpoint), sleep=sleep)
 
 
 def jpeg_data_url(frame: np.ndarray, quality: int = JPEG_QUALITY) -> str:

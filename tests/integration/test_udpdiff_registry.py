@@ -26,7 +26,6 @@ from vidprior.registry.tracking import git_commit
 from vidprior.registry.udpdiff_model import (
     CHALLENGER,
     MODEL_NAME,
-    TRAIN_CONFIG,
     UDPDiffModel,
     decode_values,
     decode_video,
@@ -34,7 +33,8 @@ from vidprior.registry.udpdiff_model import (
 )
 from vidprior.udpdiff.model import TASKS, widen_from_base
 from vidprior.udpdiff.pixelplanes import decode_depth
-from vidprior.udpdiff.sampler import generate, load_udpdiff_parts
+from vidprior.udpdiff.sampler import CONFIG_FILE as TRAIN_CONFIG
+from vidprior.udpdiff.sampler import generate, load_udpdiff_parts, read_train_config
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,8 @@ def tracking(tmp_path, monkeypatch) -> str:
 @pytest.fixture
 def params():
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["udpdiff"]["sample"].update(SETTINGS, tasks=["depth", "segmentation"])
+    # One prompt per pipeline call, as the in-process comparison below: batching changes float rounding.
+    data["udpdiff"]["sample"].update(SETTINGS, tasks=["depth", "segmentation"], batch_size=1)
     return params_from_dict(data)
 
 
@@ -155,7 +156,6 @@ def test_register_load_in_a_fresh_process_and_generate(tracking, params, train_d
     torch.set_num_threads(1)
     model = load_udpdiff_parts(train_dir / "transformer", ModelSpec(tiny=TinySpec(seed=0)), device="cpu")
     guidance = params.udpdiff.sample.guidance_scale
-    # One prompt per call, as the pyfunc's default batch size of 1 does: batching changes float rounding.
     local_dense = [
         generate(model, [p], [t], [s], guidance_scale=guidance, **SETTINGS).dense[0]
         for p, t, s in zip(PROMPTS, TASK_OF_ROW, SEEDS, strict=True)
@@ -177,8 +177,7 @@ def test_settings_reject_unknown_params_and_tasks(params, train_dir, tmp_path):
     from vidprior.registry.udpdiff_model import CONFIG_FILE, udpdiff_config
 
     config_file = tmp_path / CONFIG_FILE
-    summary = json.loads((train_dir / TRAIN_CONFIG).read_text())
-    config_file.write_text(json.dumps(udpdiff_config(params, summary)))
+    config_file.write_text(json.dumps(udpdiff_config(params, read_train_config(train_dir))))
     model = UDPDiffModel().load(train_dir / "transformer", config_file, device="cpu")
     assert model.settings(None)["task"] == "depth"
     assert model.settings({"task": "segmentation", "steps": 3})["steps"] == 3
@@ -188,6 +187,8 @@ def test_settings_reject_unknown_params_and_tasks(params, train_dir, tmp_path):
         model.settings({"task": "normals"})
     with pytest.raises(ValueError, match="'scheduler' must be one of"):
         model.settings({"scheduler": "euler"})
+    with pytest.raises(ValueError, match="'depth_denoise' must be one of"):
+        model.settings({"depth_denoise": "bilateral"})
     import pandas as pd
 
     with pytest.raises(ValueError, match="input row 1: unknown task"):
@@ -197,5 +198,5 @@ def test_settings_reject_unknown_params_and_tasks(params, train_dir, tmp_path):
 
 
 def test_registering_a_directory_without_training_outputs_fails_clearly(tracking, params, tmp_path):
-    with pytest.raises(FileNotFoundError, match="udpdiff.json: not found"):
+    with pytest.raises(ValueError, match="udpdiff.json: not found"):
         log_udpdiff_model(tmp_path, params)

@@ -18,11 +18,17 @@ from huggingface_hub.errors import HFValidationError
 from vidprior.models.spec import ModelSpec, TextEmbedderSpec
 
 CONNECT_TIMEOUT_S = 3.0
+DEVICE_ENV = "VIDPRIOR_DEVICE"  # "cpu", "cuda", "cuda:1"...; default: cuda when available, else cpu
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelUnavailableError(RuntimeError):
     """A pretrained component is neither in a local directory, nor in the HF cache, nor downloadable now."""
+
+
+def default_device() -> str:
+    """Where a loaded model runs (registered models, sampling): `VIDPRIOR_DEVICE`, else cuda if present."""
+    return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def torch_dtype(spec: ModelSpec | TextEmbedderSpec) -> torch.dtype:

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 CHALLENGER = "challenger"
 CONFIG_ARTIFACT = "config"
 REGISTERED_FILE = "model.json"  # what a register stage writes: name, version, URIs, tags
-DEVICE_ENV = "VIDPRIOR_DEVICE"  # "cpu", "cuda", "cuda:1"...; default: cuda when available, else cpu
 
 # Runtime dependencies of the models (pinned to the installed versions at log time); the rest of vidprior's
 # pins (kfp, dvc, deepspeed, ...) are pipeline tooling the models never import.
@@ -62,12 +61,6 @@ def code_model_script(module: str, class_name: str) -> str:
         f'"""The {class_name} pyfunc as MLflow model-from-code (written by vidprior.registry.pyfunc)."""\n\n'
         f"import mlflow\n\nfrom {module} import {class_name}\n\nmlflow.models.set_model({class_name}())\n"
     )
-
-
-def default_device() -> str:
-    import torch
-
-    return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def read_config(config_file: Path, expected_format: int) -> dict[str, Any]:

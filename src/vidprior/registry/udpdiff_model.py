@@ -46,6 +46,8 @@ from vidprior.registry.pyfunc import (
     log_code_model,
     read_config,
 )
+from vidprior.udpdiff.pixelplanes import DENOISE_MODES
+from vidprior.udpdiff.sampler import SCHEDULERS
 
 if TYPE_CHECKING:
     from vidprior.config import Params
@@ -54,11 +56,9 @@ MODEL_NAME = "udpdiff"
 CONFIG_FILE = "udpdiff_config.json"
 CONFIG_FORMAT = 1
 TRANSFORMER_ARTIFACT = "transformer"
-TRAIN_CONFIG = "udpdiff.json"  # written by the udpdiff.train stage
 DVC_DATA_OUT = "data/udpdiff/dataset"  # the Panda-Dense data the transformer was fine-tuned on
 REGISTER_STAGE = "udpdiff_register"
 SEED_PURPOSE = "udpdiff_model"
-SCHEDULERS = ("auto", "dpm++", "ddim")
 
 
 # --------------------------------------------------------------------------- config
@@ -66,10 +66,8 @@ SCHEDULERS = ("auto", "dpm++", "ddim")
 
 def udpdiff_config(params: Params, train_summary: Mapping[str, Any]) -> dict[str, Any]:
     """The model's `udpdiff_config.json`: what `load_context` rebuilds and the sampling defaults."""
-    from vidprior.models.spec import ModelSpec
-
     sample = params.udpdiff.sample
-    base = ModelSpec.model_validate(train_summary["base_model"])
+    base = train_summary["base_model"]  # a ModelSpec (`sampler.read_train_config`)
     return {
         "format": CONFIG_FORMAT,
         "base_model": base.model_dump(mode="json"),
@@ -86,7 +84,9 @@ def udpdiff_config(params: Params, train_summary: Mapping[str, Any]) -> dict[str
             "fps": sample.fps,
             "guidance_scale": sample.guidance_scale,
             "scheduler": sample.scheduler,
-            "batch_size": 1,
+            "batch_size": sample.batch_size,
+            "min_entity_fraction": sample.min_entity_fraction,
+            "depth_denoise": sample.depth_denoise,
         },
         "seed": params.seed,
         "params_digest": params.digest(),
@@ -105,6 +105,8 @@ def _param_specs(config: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
         ("guidance_scale", "double", float(s["guidance_scale"])),
         ("scheduler", "string", str(s["scheduler"])),
         ("batch_size", "long", int(s["batch_size"])),
+        ("min_entity_fraction", "double", float(s["min_entity_fraction"])),
+        ("depth_denoise", "string", str(s["depth_denoise"])),
     ]
 
 
@@ -171,18 +173,6 @@ def decode_values(data: str) -> dict[str, np.ndarray]:
         return {k: arrays[k] for k in arrays.files}
 
 
-def dense_values(task: str, rgb: np.ndarray) -> dict[str, np.ndarray]:
-    """A generated dense video decoded: entity ids (colours found in the clip) or depth in [0, 1]."""
-    from vidprior.udpdiff.entity_colours import decode_generated_segmentation
-    from vidprior.udpdiff.pixelplanes import decode_depth
-
-    if task == "segmentation":
-        return {"ids": decode_generated_segmentation(rgb)[0]}
-    if task == "depth":
-        return {"depth": decode_depth(rgb)}
-    raise ValueError(f"unknown task {task!r}; expected 'segmentation' or 'depth'")
-
-
 # --------------------------------------------------------------------------- the pyfunc
 
 
@@ -222,8 +212,14 @@ class UDPDiffModel(mlflow.pyfunc.PythonModel):
             if chosen[key] < 1:
                 raise ValueError(f"param {key!r} must be >= 1, got {chosen[key]}")
         chosen["guidance_scale"] = float(chosen["guidance_scale"])
-        if chosen["scheduler"] not in SCHEDULERS:
-            raise ValueError(f"param 'scheduler' must be one of {SCHEDULERS}, got {chosen['scheduler']!r}")
+        chosen["min_entity_fraction"] = float(chosen["min_entity_fraction"])
+        if chosen["depth_denoise"] not in DENOISE_MODES:
+            raise ValueError(
+                f"param 'depth_denoise' must be one of {DENOISE_MODES}, got {chosen['depth_denoise']!r}"
+            )
+        schedulers = ("auto", *SCHEDULERS)
+        if chosen["scheduler"] not in schedulers:
+            raise ValueError(f"param 'scheduler' must be one of {schedulers}, got {chosen['scheduler']!r}")
         self._check_task(chosen["task"], "param 'task'")
         return chosen
 
@@ -253,6 +249,7 @@ class UDPDiffModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
+        from vidprior.udpdiff.sample import decode_dense
         from vidprior.udpdiff.sampler import generate
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -283,7 +280,17 @@ class UDPDiffModel(mlflow.pyfunc.PythonModel):
                 "seed": pd.Series(seeds, dtype="int64"),
                 "video": [_video_bytes(v, s["fps"], lossless=False) for v in videos],
                 "dense": [_video_bytes(d, s["fps"], lossless=True) for d in denses],
-                "values": [_values_bytes(dense_values(t, d)) for t, d in zip(tasks, denses, strict=True)],
+                "values": [
+                    _values_bytes(
+                        decode_dense(
+                            task,
+                            dense,
+                            min_entity_fraction=s["min_entity_fraction"],
+                            depth_denoise=s["depth_denoise"],
+                        )[0]
+                    )
+                    for task, dense in zip(tasks, denses, strict=True)
+                ],
                 "frames": pd.Series([v.shape[0] for v in videos], dtype="int64"),
                 "height": pd.Series([v.shape[1] for v in videos], dtype="int64"),
                 "width": pd.Series([v.shape[2] for v in videos], dtype="int64"),
@@ -293,20 +300,6 @@ class UDPDiffModel(mlflow.pyfunc.PythonModel):
 
 
 # --------------------------------------------------------------------------- registration
-
-
-def read_train_summary(train_dir: Path) -> dict[str, Any]:
-    """The udpdiff.train stage's `udpdiff.json` (base model spec, tasks, dense init, final loss)."""
-    import json
-
-    path = Path(train_dir) / TRAIN_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (expected the `udpdiff train` output directory)")
-    summary = json.loads(path.read_text(encoding="utf-8"))
-    missing = [k for k in ("base_model", "tasks", "transformer_dir") if k not in summary]
-    if missing:
-        raise ValueError(f"{path}: missing field(s) {missing}")
-    return summary
 
 
 def log_udpdiff_model(
@@ -323,7 +316,9 @@ def log_udpdiff_model(
     `lineage` overrides or adds version tags (see `vidprior.registry.pyfunc.lineage_tags`); `run_id`: an
     existing run to attach the model to; by default a new `udpdiff_register` run.
     """
-    summary = read_train_summary(train_dir)
+    from vidprior.udpdiff.sampler import read_train_config
+
+    summary = read_train_config(train_dir)
     transformer_dir = Path(train_dir) / summary["transformer_dir"]
     if not (transformer_dir / "config.json").is_file():
         raise FileNotFoundError(f"{transformer_dir}: no config.json (expected the saved UDPDiff transformer)")

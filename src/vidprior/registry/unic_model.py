@@ -52,7 +52,6 @@ from vidprior.registry.pyfunc import (
     CONFIG_ARTIFACT,
     RegisteredModel,
     code_model_script,
-    default_device,
     dvc_out_hash,
     lineage_tags,
     load_registered,
@@ -182,6 +181,7 @@ class UniCModel(mlflow.pyfunc.PythonModel):
 
     def load(self, head_file: Path, config_file: Path, device: str | None = None) -> UniCModel:
         """Build SD 1.5 from the config's spec, then the classifier with the stored head."""
+        from vidprior.models.loading import default_device
         from vidprior.models.sd15 import build_sd15
         from vidprior.models.spec import ModelSpec
         from vidprior.unic.classifier import build_classifier

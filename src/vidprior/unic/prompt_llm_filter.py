@@ -28,15 +28,7 @@ Verdict = tuple[bool | None, str]
 
 
 def make_client(params: LLMFilterParams) -> ChatClient:
-    return ChatClient(
-        EndpointConfig(
-            base_url=params.base_url,
-            model=params.model,
-            api_key_env=params.api_key_env,
-            timeout_s=params.timeout_s,
-            max_retries=params.max_retries,
-        )
-    )
+    return ChatClient(EndpointConfig.from_settings(params))
 
 
 def judge_one(client: ChatClient, prompt: str) -> Verdict:
