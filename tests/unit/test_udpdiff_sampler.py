@@ -270,3 +270,22 @@ def test_bad_train_config_names_the_field(tmp_path, model, overrides, message):
 def test_missing_train_config(tmp_path):
     with pytest.raises(ValueError, match="udpdiff.json: not found"):
         sampler.load_udpdiff(tmp_path)
+
+
+def test_prompts_are_padded_to_the_t5_length_of_training(tmp_path, model, monkeypatch):
+    train_dir = _train_dir(tmp_path, model.transformer, latents={"text_tokens": 24})
+    loaded = sampler.load_udpdiff(train_dir, device="cpu")
+    assert loaded.text_tokens == 24
+    seen = []
+    original = sampler.UDPDiffPipeline.encode_prompt
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        seen.append(out[0].shape[1])
+        return out
+
+    monkeypatch.setattr(sampler.UDPDiffPipeline, "encode_prompt", spy)
+    sampler.generate(loaded, PROMPTS[:1], "depth", [3], **SIZE)
+    assert seen and set(seen) == {24}  # (the parent pipeline passes the embeddings through once more)
+    # Without a recorded length the transformer config's (CogVideoX: 226) applies.
+    assert sampler.load_udpdiff(_train_dir(tmp_path, model.transformer), device="cpu").text_tokens is None

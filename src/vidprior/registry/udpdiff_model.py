@@ -47,7 +47,7 @@ from vidprior.registry.pyfunc import (
     read_config,
 )
 from vidprior.udpdiff.pixelplanes import DENOISE_MODES
-from vidprior.udpdiff.sampler import SCHEDULERS
+from vidprior.udpdiff.sampler import SCHEDULERS, trained_text_tokens
 
 if TYPE_CHECKING:
     from vidprior.config import Params
@@ -73,6 +73,7 @@ def udpdiff_config(params: Params, train_summary: Mapping[str, Any]) -> dict[str
         "base_model": base.model_dump(mode="json"),
         "base_model_id": base.model_id,
         "tasks": dict(train_summary["tasks"]),
+        "text_tokens": trained_text_tokens(train_summary),
         "dense_init": train_summary.get("dense_init", params.udpdiff.model.dense_init),
         "train": {k: train_summary[k] for k in ("steps", "final_loss") if k in train_summary},
         "sampling": {
@@ -194,7 +195,9 @@ class UDPDiffModel(mlflow.pyfunc.PythonModel):
 
         config = read_config(config_file, CONFIG_FORMAT)
         spec = ModelSpec.model_validate(config["base_model"])
-        self.model = load_udpdiff_parts(transformer_dir, spec, tasks=config["tasks"], device=device)
+        self.model = load_udpdiff_parts(
+            transformer_dir, spec, tasks=config["tasks"], device=device, text_tokens=config.get("text_tokens")
+        )
         self.config = config
         return self
 

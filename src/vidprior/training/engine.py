@@ -7,9 +7,11 @@ One process (`python ...`) and a `torchrun --nproc_per_node N` launch run the sa
   nccl on CUDA; and LOCAL_RANK, which DeepSpeed reads from the environment, is set while it runs.
   The group is made once per process and kept: DeepSpeed caches process groups, so destroying and
   re-making it in one process breaks the next engine. `shutdown` is for the end of a worker process.
-- `deepspeed_config` turns params into DeepSpeed's dict: micro-batch, accumulation, ZeRO stage, bf16
-  only where the precision resolves to it ("auto": bf16 on CUDA, fp32 on CPU), torch's AdamW
-  (`torch_adam`: FusedAdam would need a CUDA build and does not exist on CPU) and gradient clipping.
+- `deepspeed_config` turns params into DeepSpeed's dict: micro-batch, accumulation, ZeRO stage (0-3)
+  with optional ZeRO-Offload of the optimizer states (stage >= 1) and of the parameters (stage 3) to
+  CPU memory, bf16 only where the precision resolves to it ("auto": bf16 on CUDA, fp32 on CPU),
+  torch's AdamW (`torch_adam`: FusedAdam would need a CUDA build and does not exist on CPU; with
+  offload it steps the fp32 states where they live, in CPU memory) and gradient clipping.
 - `initialize` wraps only the trainable module (a head; frozen encoders stay outside the engine).
 - `save_checkpoint` / `load_latest`: DeepSpeed writes each checkpoint into its own tag folder; the
   `latest` pointer is written here, atomically, only after every rank has finished writing and the
@@ -30,7 +32,8 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -80,14 +83,36 @@ def deepspeed_config(
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
 ) -> dict[str, Any]:
     """DeepSpeed's config dict. The global batch is micro_batch * grad_accum * world size; DeepSpeed
-    derives `train_batch_size` from the world size it finds, so it is not fixed here."""
+    derives `train_batch_size` from the world size it finds, so it is not fixed here.
+
+    `offload_optimizer` keeps the fp32 master weights and Adam states in CPU memory (ZeRO-Offload,
+    ZeRO stage 1-3); `offload_params` also keeps the parameters there between uses (ZeRO-3 only).
+    """
     resolved = resolve_precision(precision, device)
+    zero_stage = int(zero_stage)
+    if not 0 <= zero_stage <= 3:
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
+    if offload_optimizer and zero_stage == 0:
+        raise ValueError("offload_optimizer needs ZeRO stage >= 1 (ZeRO-Offload partitions the optimizer)")
+    if offload_params and zero_stage != 3:
+        raise ValueError(
+            f"offload_params needs ZeRO stage 3 (the one that partitions parameters), not {zero_stage}"
+        )
+    zero: dict[str, Any] = {"stage": zero_stage}
+    # Pinned host memory speeds up the copies to and from a GPU; on CPU there is nothing to copy to.
+    pin = (device or device_type()) == "cuda"
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
     return {
         "train_micro_batch_size_per_gpu": int(micro_batch),
         "gradient_accumulation_steps": int(grad_accum),
-        "zero_optimization": {"stage": int(zero_stage)},
+        "zero_optimization": zero,
         "bf16": {"enabled": resolved == "bf16"},
         "fp16": {"enabled": False},
         "optimizer": {
@@ -109,13 +134,16 @@ def deepspeed_config(
 
 def config_from_params(train: Any, device: str | None = None, **overrides: Any) -> dict[str, Any]:
     """`deepspeed_config` from a params section with `lr` and, where it has them, micro_batch,
-    grad_accum, zero_stage and precision (absent ones take the defaults)."""
+    grad_accum, zero_stage, precision, offload_optimizer and offload_params (absent ones take the
+    defaults)."""
     keys = dict(
         lr=train.lr,
         micro_batch=getattr(train, "micro_batch", 1),
         grad_accum=getattr(train, "grad_accum", 1),
         zero_stage=getattr(train, "zero_stage", 0),
         precision=getattr(train, "precision", "auto"),
+        offload_optimizer=getattr(train, "offload_optimizer", False),
+        offload_params=getattr(train, "offload_params", False),
     )
     return deepspeed_config(**{**keys, **overrides}, device=device)
 
@@ -136,6 +164,12 @@ def _deepspeed():
     # training reduces through the process group. DeepSpeed caches its probe of the ops in a module
     # dict whose edits persist (deepspeed/ops/__init__.py), so mark the op unavailable there.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # ZeRO-3 calls these collectives every step, and torch warns about their names at every call.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
+        category=FutureWarning,
+    )
     return deepspeed
 
 
@@ -236,6 +270,14 @@ def all_reduce_mean(value: float | torch.Tensor, device: torch.device | None = N
         dist.all_reduce(tensor)
         tensor = tensor / dist.get_world_size()
     return float(tensor.item())
+
+
+def all_reduce_sum(values: Sequence[float], device: torch.device | None = None) -> list[float]:
+    """Element-wise sums of a few scalars over the ranks, in one collective (float64)."""
+    tensor = torch.as_tensor(list(values), dtype=torch.float64).reshape(-1).to(device or info().device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return [float(v) for v in tensor.cpu()]
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -60,7 +60,6 @@ CONFIG_FORMAT = 1
 _COGVIDEOX_2B = re.compile(r"cogvideox-2b", re.IGNORECASE)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Schedulers
 
@@ -261,6 +260,9 @@ class UDPDiffModel:
     tasks: Mapping[str, int] = field(default_factory=lambda: dict(TASKS))
     # The 16-channel base transformer, for base-vs-UDPDiff comparisons (`sample_base`); optional.
     base_transformer: CogVideoXTransformer3DModel | None = None
+    # The T5 length the transformer was fine-tuned with (udpdiff.json "latents.text_tokens"); prompts are
+    # padded to it when sampling too. None: the transformer config's max_text_seq_length.
+    text_tokens: int | None = None
 
     @property
     def base_model_id(self) -> str:
@@ -304,6 +306,7 @@ def from_parts(
     base_spec: ModelSpec | None = None,
     tasks: Mapping[str, int] = TASKS,
     with_base: bool = False,
+    text_tokens: int | None = None,
 ) -> UDPDiffModel:
     """A `UDPDiffModel` from a transformer and a `vidprior.models.cogvideox.CogVideoXParts`."""
     _check_parts(transformer, base_parts.vae, tasks)
@@ -316,6 +319,7 @@ def from_parts(
         base_spec=base_spec,
         tasks=dict(tasks),
         base_transformer=base_parts.transformer if with_base else None,
+        text_tokens=text_tokens,
     )
 
 
@@ -346,6 +350,7 @@ def load_udpdiff_parts(
     tasks: Mapping[str, int] = TASKS,
     device: str | None = None,
     with_base: bool = False,
+    text_tokens: int | None = None,
 ) -> UDPDiffModel:
     """Load the saved transformer and the base model's other parts (the registry's entry point)."""
     from vidprior.models.loading import torch_dtype
@@ -362,6 +367,7 @@ def load_udpdiff_parts(
         base_spec=base_spec,
         tasks=tasks,
         with_base=with_base,
+        text_tokens=text_tokens,
     )
     return to_device(model, device or default_device())
 
@@ -399,6 +405,12 @@ def read_train_config(train_dir: Path | str) -> dict[str, Any]:
     return config
 
 
+def trained_text_tokens(config: Mapping[str, Any]) -> int | None:
+    """The T5 length of training, from a udpdiff.json; None when it does not record one."""
+    tokens = (config.get("latents") or {}).get("text_tokens")
+    return int(tokens) if tokens is not None else None
+
+
 def load_udpdiff(
     train_dir: Path | str, *, device: str | None = None, with_base: bool = False
 ) -> UDPDiffModel:
@@ -410,6 +422,7 @@ def load_udpdiff(
         tasks=config["tasks"],
         device=device,
         with_base=with_base,
+        text_tokens=trained_text_tokens(config),
     )
     channels = config.get("latent_channels")
     if channels is not None and 2 * channels != model.transformer.config.in_channels:
@@ -464,6 +477,7 @@ def _sample(pipe: UDPDiffPipeline, prompts, task_ids, seeds, **kwargs) -> Sample
         num_inference_steps=kwargs["steps"],
         guidance_scale=kwargs["guidance_scale"],
         negative_prompt=kwargs.get("negative_prompt"),
+        max_sequence_length=kwargs.get("max_sequence_length"),
     )
 
 
@@ -495,6 +509,7 @@ def generate(
         width=width,
         guidance_scale=guidance_scale,
         negative_prompt=negative_prompt,
+        max_sequence_length=model.text_tokens,
     )
     return Generation(
         videos=list(out.frames),
@@ -535,6 +550,7 @@ def sample_base(
         width=width,
         guidance_scale=guidance_scale,
         negative_prompt=negative_prompt,
+        max_sequence_length=model.text_tokens,
     )
     return Generation(
         videos=list(out.frames),
