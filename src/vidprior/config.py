@@ -316,41 +316,96 @@ class CaptionParams(StrictModel):
     """
 
     backend: Literal["panda", "video_llava", "endpoint"] = "panda"
+    # Frames shown to the captioner, sampled at regular intervals from first to last (Video-LLaVA: 8).
     frames: int = Field(8, ge=1)
+    # What the captioner is asked; part of the endpoint cache key, so a changed text asks again.
+    instruction: str = Field(
+        "Describe this video in detail: the main objects and what they look like, what they do and "
+        "how they move, the background, and how the camera moves.",
+        min_length=1,
+    )
+    # Video-LLaVA's generation budget (greedy); the endpoint uses `endpoint.max_tokens`.
     max_new_tokens: int = Field(120, ge=1)
+    # Clips captioned and checkpointed together (one `generate` call for Video-LLaVA).
+    batch_size: int = Field(8, ge=1)
     endpoint: ChatEndpointParams = ChatEndpointParams()
+    # Endpoint answers, keyed by (clip sha256, model, instruction, frame count), outside the stage
+    # output that DVC deletes before a rerun; a rerun over the same clips then costs no calls.
     cache_dir: str = ".cache/vidprior/captions"
+
+
+class ClassicalSegmentParams(StrictModel):
+    """The weight-free `udpdiff.segment` baseline (see `vidprior.udpdiff.segment`); colours are
+    measured in the chroma plane of RGB (RGB units, luminance removed)."""
+
+    # A colour mode this far (or farther) from the background's colour is an entity colour.
+    min_chroma: float = Field(40.0, gt=0)
+    # Mean-shift radius of a colour mode; modes closer than this are one colour, and a mode within
+    # this of the segment between two other colours is their blend (an edge), not a colour.
+    colour_radius: float = Field(16.0, gt=0)
+    # Pixels whose 3x3 neighbourhood spans at most this chroma range are "flat" (region interiors):
+    # only they seed colours, the others are edges resolved as blends of neighbouring colours.
+    flat_range: float = Field(16.0, gt=0)
+    # A colour needs at least this share of the frame in flat pixels.
+    min_colour_area: float = Field(0.002, gt=0, le=1)
+    # A region of an entity's colour joins that entity only within this share of the frame diagonal
+    # of where the flow put it; farther it is something new, and background.
+    snap_radius: float = Field(0.05, ge=0, le=1)
 
 
 class SegmentParams(StrictModel):
     """Stage `udpdiff.segment`: first-frame entities propagated through the clip, then cleaned.
 
     "models": `models.entity_segmenter` (panoptic) on frame 0, `models.sam2` propagation;
-    "classical": colour clustering on frame 0, optical-flow label warping (no weights; exact on the
-    synthetic source, which the tiny profile uses).
+    "classical": colour clustering on frame 0, optical-flow label warping (no weights; a baseline
+    for the synthetic source, which the tiny profile uses, and simple footage).
     """
 
     backend: Literal["models", "classical"] = "models"
     # Holes (background pockets inside one entity) up to this share of the frame are filled.
     max_hole_area: float = Field(0.002, ge=0, le=1)
-    # Entity regions smaller than this share of the frame become background.
+    # Entity regions (connected components) smaller than this share of the frame become background.
     min_region_area: float = Field(0.001, ge=0, le=1)
+    # The largest this many first-frame entities (by area) are kept.
     max_entities: int = Field(64, ge=1, le=4096)
     # Panoptic score threshold of the first-frame segmenter.
     score_threshold: float = Field(0.5, ge=0, le=1)
+    # Optical flow of the classical backend's label warping.
     flow: FlowParams = FlowParams()
+    classical: ClassicalSegmentParams = ClassicalSegmentParams()
+
+
+class ParallaxParams(StrictModel):
+    """The "parallax" depth backend: a multi-frame search of each pixel's image speed along the camera's
+    motion direction (see vidprior.udpdiff.depth); sizes in pixels at `depth.flow`'s analysis size."""
+
+    speeds: int = Field(48, ge=4)  # candidate speeds, evenly spaced up to 1.5x the 99th-percentile flow
+    neighbours: int = Field(8, ge=1)  # frames matched on each side of a frame (occlusion: the better side)
+    truncation: float = Field(20.0, gt=0)  # per-pixel matching cost cap (|luma difference|, 0..255)
+    support_radius: int = Field(3, ge=0)  # colour-adaptive aggregation window: (2r + 1)^2 pixels
+    colour_sigma: float = Field(20.0, gt=0)  # support weight exp(-|colour diff| / this - distance / ...)
+    distance_sigma: float = Field(3.0, gt=0)
 
 
 class DepthParams(StrictModel):
     """Stage `udpdiff.depth`. The paper uses DepthCrafter (a video diffusion depth model, not in
-    transformers); "depth_anything" is its per-frame baseline (Depth Anything V2, `models.depth_anything`);
-    "parallax" is inverse flow magnitude under camera motion (no weights; exact ordering on the
-    synthetic source, which the tiny profile uses)."""
+    transformers; registers as another estimator); "depth_anything" is its per-frame baseline (Depth
+    Anything V2, `models.depth_anything`); "parallax" is image speed under a translating camera (no
+    weights; recovers the depth order of the synthetic source, which the tiny profile uses)."""
 
     backend: Literal["depth_anything", "parallax"] = "depth_anything"
-    # Per-frame estimates are scale/shift aligned to their neighbours and smoothed over this many frames.
+    batch_frames: int = Field(8, ge=1)  # frames per Depth Anything forward pass
+    # Each frame's disparity is scale/shift aligned (least squares) to the mean of its already aligned
+    # predecessors in the window, then reduced over a centred window of this many frames; 1 = off.
     temporal_window: int = Field(1, ge=1)
+    temporal_reduce: Literal["median", "mean"] = "median"
+    # Per-clip normalisation to [0, 1] between these percentiles of the clip's values (clipped beyond).
+    low_percentile: float = Field(1.0, ge=0.0, lt=50.0)
+    high_percentile: float = Field(99.0, gt=50.0, le=100.0)
+    # flat_depth when high - low <= flat_epsilon * max(|low|, |high|): relative, as estimates are up to scale.
+    flat_epsilon: float = Field(1e-3, gt=0.0, lt=1.0)
     flow: FlowParams = FlowParams()
+    parallax: ParallaxParams = ParallaxParams()
 
 
 class UDPDiffModelParams(StrictModel):
@@ -363,14 +418,22 @@ class UDPDiffModelParams(StrictModel):
 class UDPDiffEncodeParams(StrictModel):
     """Stage `udpdiff.encode`: VAE latents of clip + both Pixelplanes and T5 embeddings, computed once."""
 
-    max_text_tokens: int = Field(226, ge=8)  # CogVideoX's T5 length
+    # T5 tokens per caption, padded or truncated as `CogVideoXPipeline.encode_prompt` does (226 for
+    # CogVideoX; a 2B-style sin-cos model needs exactly its `max_text_seq_length`).
+    max_text_tokens: int = Field(226, ge=8)
+    # Clips encoded and checkpointed together.
+    batch_size: int = Field(8, ge=1)
+    # Stored latents/embeddings; bfloat16 halves the ~20 MB per 49x480x720 clip of float32.
+    storage_dtype: Literal["float32", "bfloat16"] = "float32"
 
 
 class UDPDiffTrainParams(StrictModel):
+    """Stage `udpdiff.train`: full fine-tune of the UDPDiff transformer under DeepSpeed (Sec. 3.4)."""
+
     steps: int = Field(40_000, ge=1)
     lr: float = Field(1e-5, gt=0)
     zero_stage: int = Field(2, ge=0, le=3)
-    # ZeRO-Offload of optimizer states (and, with ZeRO-3, parameters) to CPU memory.
+    # ZeRO-Offload of optimizer states (ZeRO >= 1) and, with ZeRO-3 only, parameters to CPU memory.
     offload_optimizer: bool = False
     offload_params: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -382,6 +445,14 @@ class UDPDiffTrainParams(StrictModel):
     long_caption_probability: float = Field(0.8, ge=0, le=1)
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _offload_fits_stage(self) -> UDPDiffTrainParams:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("'offload_params' needs 'zero_stage: 3' (only ZeRO-3 partitions parameters)")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("'offload_optimizer' needs 'zero_stage' >= 1 (ZeRO-Offload)")
+        return self
 
 
 class UDPDiffSampleParams(StrictModel):
@@ -400,6 +471,18 @@ class UDPDiffSampleParams(StrictModel):
     tasks: list[Literal["segmentation", "depth"]] = Field(
         default_factory=lambda: ["segmentation", "depth"], min_length=1
     )
+    # Samples per pipeline call, and per checkpoint of a resumable run.
+    batch_size: int = Field(1, ge=1)
+    # Generated segmentation: an entity colour must gather this share of the clip's pixels.
+    min_entity_fraction: float = Field(1e-3, gt=0, lt=1)
+    # Generated depth: `pixelplanes.decode_depth`'s denoising ("median": 3x3 per frame).
+    depth_denoise: Literal["none", "median"] = "none"
+
+    @model_validator(mode="after")
+    def _distinct_tasks(self) -> UDPDiffSampleParams:
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"'tasks' lists a task twice: {self.tasks}")
+        return self
 
 
 class UDPDiffParams(StrictModel):

@@ -1,0 +1,556 @@
+"""Stage `udpdiff.depth`: video depth of every clip as a Spectral Pixelplanes video and float values.
+
+Input: the `udpdiff.clips` output. Per clip: `depth/{id}.npz` (`depth` float32 [T, H, W] in [0, 1],
+0 = near, 1 = far) and `depth/{id}.mp4`, its lossless Spectral Pixelplanes video
+(`vidprior.udpdiff.pixelplanes.encode_depth`).
+
+Estimators
+----------
+A backend is a `VideoDepthEstimator`: it takes a whole clip, (T, H, W, 3) uint8 RGB, and returns a
+relative disparity (inverse depth, larger = nearer) of shape (T, H, W), and says how it is relative
+(`invariance`): "affine" (unknown scale and shift: Depth Anything, DepthCrafter) or "scale" (unknown
+scale only: image speed under camera translation). Backends are looked up by name in a registry
+(`register_estimator`, like `vidprior.flow.register_backend`); the built-in ones:
+
+* "depth_anything": Depth Anything V2 per frame (`vidprior.models.depth_anything`, spec
+  `models.depth_anything`), batched `batch_frames` at a time, on the GPU when there is one.
+* "parallax": no weights, a baseline for the synthetic source (`vidprior.udpdiff.synthetic`). It
+  assumes a STATIC scene seen by a camera TRANSLATING at constant velocity: every pixel then moves
+  along one image direction at a speed proportional to inverse distance (the source moves a layer
+  at depth d by speed * (0.5 + d_bg) / (0.5 + d)). Independently moving objects, a rotating or
+  zooming camera break it; a static camera gives no parallax (rejected as flat). The direction and
+  the speed range come from optical flow (`vidprior.flow.compute_flow`, params `depth.flow`); each
+  pixel's speed is then searched along that direction over `parallax.speeds` candidates by matching
+  the frame against up to `neighbours` frames on either side (multi-baseline stereo, Okutomi &
+  Kanade 1993): truncated luma differences, the better of the past and the future side per pixel
+  (what one side does not see, the other usually does), aggregated per frame over a colour-adaptive
+  window (the per-frame robust smoothing, Yoon & Kweon 2006), the best candidate refined by a
+  parabola. Cost: 2 x neighbours x speeds remaps per frame at the analysis size.
+
+  Measured on the tiny synthetic clips (32 x 48, 9 frames; an entity is right when the mean depth
+  inside every true mask is ordered like the truth): flow magnitude alone, smoothed, got 15 of 40
+  clips wrong (DIS at 32 x 48; 2 of 40 at 64 x 96): DIS smears an occluder's motion over small,
+  weakly textured shapes next to it. The search gets 0 of the 40 clips of stage seeds 0-4 wrong
+  after the synthetic and clips stages (two H.264 encodes), and 1 of 60 (lossless) / 2 of 60 (one
+  encode) of other render seeds, each a small shape mostly hidden by a nearer one. Matching RGB
+  instead of luma got 5 of the 40 wrong: 4:2:0 video keeps chroma at half resolution.
+
+DepthCrafter (Hu et al. 2024), the paper's estimator, is a video diffusion model (built on SVD, code
+at github.com/Tencent/DepthCrafter) that is neither in transformers nor in diffusers; it predicts an
+affine-invariant disparity for a whole clip at once, so it plugs in as
+`register_estimator("depthcrafter", EstimatorEntry(build=..., model_id=...))` returning an estimator
+with `invariance = "affine"`, plus the name in `DepthParams.backend`; it is temporally consistent
+itself, so `temporal_window: 1`.
+
+Disparity to depth
+------------------
+Optionally (`temporal_window` > 1) per-frame estimates are made consistent first (`align_temporal`):
+each frame's scale and shift ("scale": scale only) is fitted by least squares to the mean of its
+already aligned predecessors in the window, then each frame becomes the median (or mean) of the
+aligned frames in a centred window. Frame 0 is the anchor. The median suppresses flicker but blurs
+fast-moving edges over the window, which is why DepthCrafter-like models are preferred.
+
+Then depth is normalised per CLIP, not per frame (per-frame normalisation would flicker):
+depth = 1 - (disp - lo) / (hi - lo), clipped to [0, 1], with lo, hi the `low_percentile` /
+`high_percentile` of the clip's disparities. For "scale" disparity the distance 1 / disp would be
+affine in the synthetic truth, but slow outliers (texture-less pixels) dominate it: normalising it
+instead got 8 rather than 3 of 20 H.264 clips wrong in an earlier version of the search.
+
+Rejects: `unreadable_video`; `non_finite_depth` (the estimator returned NaN or inf, e.g. half
+precision overflow); `flat_depth` (hi - lo <= `flat_epsilon` x max(|lo|, |hi|): no depth variation,
+nothing to learn; a static camera under "parallax").
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from vidprior.config import DepthParams, FlowParams, ParallaxParams, Params
+from vidprior.io.atomic import atomic_path
+from vidprior.io.checkpoint import clear_partials
+from vidprior.io.manifest import MANIFEST, write_manifest, write_rejects
+from vidprior.io.media import MediaError, read_video, write_video
+from vidprior.udpdiff.pixelplanes import encode_depth
+from vidprior.unic.generation import fingerprint, ok, rejected, run_batches, split_records
+from vidprior.unic.stage_inputs import input_dir, read_input_manifest
+
+STAGE = "udpdiff.depth"
+BATCH = 8  # clips estimated and checkpointed together
+DEPTH_DIR = "depth"
+Invariance = Literal["affine", "scale"]
+MANIFEST_COLUMNS = [
+    "id",
+    "depth_path",
+    "depth_values_path",
+    "depth_backend",
+    "depth_model",
+    "temporal_window",
+    "frames",
+    "height",
+    "width",
+    "fps",
+    "clip_path",
+    "invariance",
+    "raw_low",
+    "raw_high",
+    "relative_range",
+    "depth_spread",
+    "flicker",
+]
+SPEED_HEADROOM = 1.5  # the largest candidate speed, over the flow magnitude's 99th percentile
+MIN_SPEED = 1e-3  # px/frame: below this the camera is taken as static
+
+
+class VideoDepthEstimator(Protocol):
+    """A clip in, its relative disparity out; see the module docstring."""
+
+    invariance: Invariance
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(T, H, W, 3) uint8 RGB -> (T, H, W) float disparity, larger = nearer."""
+        ...
+
+
+@dataclass(frozen=True)
+class EstimatorEntry:
+    build: Callable[[Params], VideoDepthEstimator]  # called once per stage run, on first use
+    model_id: Callable[[Params], str]  # provenance, known without building (checkpoint fingerprint)
+
+
+_REGISTRY: dict[str, EstimatorEntry] = {}
+
+
+def register_estimator(name: str, entry: EstimatorEntry, *, replace: bool = False) -> None:
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"depth estimator {name!r} is already registered (pass replace=True)")
+    _REGISTRY[name] = entry
+
+
+def available_estimators() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def estimator_entry(name: str) -> EstimatorEntry:
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"udpdiff.depth.backend: unknown estimator {name!r}; expected one of {available_estimators()}"
+        )
+    return _REGISTRY[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Disparity -> depth
+
+
+class FlatDepth(ValueError):
+    """A clip's estimate has (almost) no variation between its robust ends."""
+
+
+@dataclass(frozen=True)
+class ClipDepth:
+    depth: np.ndarray  # (T, H, W) float32 in [0, 1], 0 = near
+    low: float  # robust ends of the clip's disparity
+    high: float
+
+    @property
+    def relative_range(self) -> float:
+        return (self.high - self.low) / max(abs(self.low), abs(self.high))
+
+
+def _fit(frame: np.ndarray, reference: np.ndarray, invariance: Invariance) -> tuple[float, float]:
+    """(scale, shift) minimising ||scale * frame + shift - reference||^2 (shift 0 for "scale")."""
+    x, y = frame.astype(np.float64).ravel(), reference.astype(np.float64).ravel()
+    if invariance == "scale":
+        xx = float(x @ x)
+        scale = float(x @ y) / xx if xx > 0 else 1.0
+        if not scale > 0:  # a sign flip would swap near and far: match the mean instead
+            scale = float(y.mean() / x.mean()) if x.mean() > 0 and y.mean() > 0 else 1.0
+        return scale, 0.0
+    xc, yc = x - x.mean(), y - y.mean()
+    var = float(xc @ xc)
+    scale = float(xc @ yc) / var if var > 0 else 1.0
+    if not scale > 0:
+        scale = float(yc.std() / xc.std()) if var > 0 and yc.std() > 0 else 1.0
+    return scale, float(y.mean() - scale * x.mean())
+
+
+def align_temporal(
+    disparity: np.ndarray, window: int, invariance: Invariance = "affine", reduce: str = "median"
+) -> np.ndarray:
+    """Per-frame disparity (T, H, W) made temporally consistent; `window` 1 returns it unchanged.
+
+    Frame t is scale/shift aligned to the mean of aligned frames max(0, t - window + 1) .. t - 1,
+    then replaced by the `reduce` ("median" or "mean") of the aligned frames in the centred window
+    t - (window - 1) // 2 .. t + window // 2 (truncated at the clip's ends).
+    """
+    disparity = np.asarray(disparity, dtype=np.float32)
+    if disparity.ndim != 3:
+        raise ValueError(f"disparity must have shape (T, H, W), got {disparity.shape}")
+    if window < 1:
+        raise ValueError(f"temporal window must be >= 1, got {window}")
+    if reduce not in ("median", "mean"):
+        raise ValueError(f"temporal reduce must be 'median' or 'mean', got {reduce!r}")
+    if window == 1 or len(disparity) == 1:
+        return disparity.copy()
+    aligned = np.empty_like(disparity)
+    aligned[0] = disparity[0]
+    for t in range(1, len(disparity)):
+        reference = aligned[max(0, t - window + 1) : t].mean(axis=0)
+        scale, shift = _fit(disparity[t], reference, invariance)
+        aligned[t] = scale * disparity[t] + shift
+    combine = np.median if reduce == "median" else np.mean
+    out = np.empty_like(aligned)
+    before, after = (window - 1) // 2, window // 2
+    for t in range(len(aligned)):
+        out[t] = combine(aligned[max(0, t - before) : t + after + 1], axis=0)
+    return out
+
+
+def to_depth(
+    disparity: np.ndarray, low_percentile: float, high_percentile: float, epsilon: float
+) -> ClipDepth:
+    """One clip's disparity (T, H, W) -> depth in [0, 1] (0 = near), normalised over the whole clip.
+
+    depth = 1 - (disp - lo) / (hi - lo), clipped, with lo / hi the clip's robust ends. Raises
+    FlatDepth when hi - lo is at most `epsilon` of max(|lo|, |hi|) (relative: disparities are known
+    up to scale only).
+    """
+    values = np.asarray(disparity, dtype=np.float64)
+    low, high = (float(v) for v in np.percentile(values, [low_percentile, high_percentile]))
+    spread = high - low
+    if not spread > epsilon * max(abs(low), abs(high)):
+        raise FlatDepth(
+            f"{low_percentile:g}th..{high_percentile:g}th percentile disparity range {low:.6g}..{high:.6g} "
+            f"is within {epsilon:g} of its scale"
+        )
+    depth = 1.0 - np.clip((values - low) / spread, 0.0, 1.0)
+    return ClipDepth(depth=depth.astype(np.float32), low=low, high=high)
+
+
+def flicker(depth: np.ndarray) -> float:
+    """Mean absolute frame-to-frame depth change (0 for a single frame)."""
+    depth = np.asarray(depth, dtype=np.float64)
+    return float(np.abs(np.diff(depth, axis=0)).mean()) if len(depth) > 1 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The parallax backend
+
+
+def dominant_motion(flows: np.ndarray) -> tuple[np.ndarray, float]:
+    """(unit direction (x, y), 99th-percentile magnitude) of (P, h, w, 2) flow under a translating camera.
+
+    The direction is the median of the flow vectors at least as long as the median length, so
+    near-static pixels (far background, texture-less areas) do not pull it around.
+    """
+    vectors = np.asarray(flows, dtype=np.float64).reshape(-1, 2)
+    lengths = np.linalg.norm(vectors, axis=1)
+    top = float(np.percentile(lengths, 99))
+    mean = np.median(vectors[lengths >= np.median(lengths)], axis=0)
+    norm = float(np.linalg.norm(mean))
+    if not norm > 0:
+        return np.zeros(2), 0.0
+    return mean / norm, top
+
+
+def support_weights(frame: np.ndarray, radius: int, colour_sigma: float, distance_sigma: float) -> np.ndarray:
+    """((2r + 1)^2, h, w) normalised adaptive support weights of each pixel's window (Yoon & Kweon 2006)."""
+    h, w, _ = frame.shape
+    padded = np.pad(frame, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    weights = []
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            other = padded[radius + dy : radius + dy + h, radius + dx : radius + dx + w]
+            colour = np.sqrt(((other - frame) ** 2).sum(axis=-1))
+            weights.append(np.exp(-colour / colour_sigma - np.hypot(dx, dy) / distance_sigma))
+    stacked = np.stack(weights)
+    return stacked / stacked.sum(axis=0, keepdims=True)
+
+
+def _aggregate(costs: np.ndarray, weights: np.ndarray, radius: int) -> np.ndarray:
+    """(..., h, w) costs averaged over each pixel's window with its (K, h, w) weights."""
+    h, w = costs.shape[-2:]
+    pad = [(0, 0)] * (costs.ndim - 2) + [(radius, radius), (radius, radius)]
+    padded = np.pad(costs, pad, mode="edge")
+    out = np.zeros_like(costs)
+    k = 0
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            out += weights[k] * padded[..., radius + dy : radius + dy + h, radius + dx : radius + dx + w]
+            k += 1
+    return out
+
+
+def _side_costs(
+    luma: np.ndarray, r: int, offsets: Sequence[int], speeds: np.ndarray, direction: np.ndarray, cap: float
+) -> np.ndarray:
+    """(S, h, w) mean truncated |luma difference| of frame r and frames r + k sampled at x + s k u."""
+    _, h, w = luma.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    costs = np.full((len(speeds), h, w), cap, dtype=np.float32)
+    if not offsets:
+        return costs
+    for i, speed in enumerate(speeds):
+        total = np.zeros((h, w), np.float32)
+        seen = np.zeros((h, w), np.float32)
+        for k in offsets:
+            dx, dy = (float(v) for v in speed * k * direction)
+            warped = cv2.remap(
+                luma[r + k],
+                xs + dx,
+                ys + dy,
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=np.nan,
+            )
+            diff = np.minimum(np.abs(warped - luma[r]), cap)
+            inside = np.isfinite(diff)
+            total[inside] += diff[inside]
+            seen += inside
+        costs[i] = np.where(seen > 0, total / np.maximum(seen, 1.0), cap)
+    return costs
+
+
+def _refine(costs: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Sub-candidate offset in [-0.5, 0.5] of the cost minimum, from a parabola through 3 candidates."""
+    n = len(costs)
+    inner = np.clip(best, 1, n - 2)
+    left, mid, right = (np.take_along_axis(costs, (inner + j)[None], axis=0)[0] for j in (-1, 0, 1))
+    curve = left - 2 * mid + right
+    offset = np.where(curve > 0, 0.5 * (left - right) / np.where(curve > 0, curve, 1.0), 0.0)
+    offset = np.where((best == inner) & (n >= 3), np.clip(offset, -0.5, 0.5), 0.0)
+    return offset.astype(np.float32)
+
+
+def parallax_disparity(frames: np.ndarray, flow: FlowParams, cfg: ParallaxParams) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, H, W) float32 image speed along the camera motion (px/frame, analysis size).
+
+    All zeros when the camera does not move (no parallax), which `to_depth` rejects as flat.
+    """
+    from vidprior.flow import compute_flow, resize_frames
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (T, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
+    t_count, height, width = frames.shape[:3]
+    if t_count < 2:
+        raise ValueError(f"the parallax depth backend needs at least 2 frames, got {t_count}")
+    small = resize_frames(frames, (flow.analysis_height, flow.analysis_width))
+    direction, top = dominant_motion(compute_flow(small, flow.backend))
+    if not top > MIN_SPEED:
+        return np.zeros((t_count, height, width), np.float32)
+    fastest = SPEED_HEADROOM * top
+    speeds = np.linspace(fastest / cfg.speeds, fastest, cfg.speeds)
+    step = speeds[1] - speeds[0]
+    pixels = small.astype(np.float32)
+    # Matched on luma: 4:2:0 video (H.264 clips) keeps chroma at half resolution, and on the tiny
+    # synthetic clips its blurred chroma edges got the depth order of 5 of 40 clips wrong (0 on luma).
+    luma = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in small]).astype(np.float32)
+    out = np.empty((t_count, height, width), np.float32)
+    for r in range(t_count):
+        past = [-k for k in range(1, cfg.neighbours + 1) if r - k >= 0]
+        future = [k for k in range(1, cfg.neighbours + 1) if r + k < t_count]
+        sides = np.stack([_side_costs(luma, r, s, speeds, direction, cfg.truncation) for s in (past, future)])
+        weights = support_weights(pixels[r], cfg.support_radius, cfg.colour_sigma, cfg.distance_sigma)
+        costs = _aggregate(sides, weights, cfg.support_radius).min(axis=0)
+        best = costs.argmin(axis=0)
+        speed = speeds[best] + step * _refine(costs, best)
+        out[r] = cv2.resize(speed.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+@dataclass(frozen=True)
+class ParallaxEstimator:
+    flow: FlowParams
+    cfg: ParallaxParams
+    invariance: Invariance = "scale"
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        return parallax_disparity(frames, self.flow, self.cfg)
+
+
+@dataclass(frozen=True)
+class DepthAnythingEstimator:
+    parts: object  # vidprior.models.depth_anything.DepthAnythingParts (torch imported on first use)
+    batch_frames: int
+    invariance: Invariance = "affine"
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        return self.parts.disparity(frames, self.batch_frames)
+
+
+def _build_depth_anything(params: Params) -> DepthAnythingEstimator:
+    import torch
+
+    from vidprior.models.depth_anything import build_depth_anything
+    from vidprior.unic.generation import quiet_library_logs
+
+    quiet_library_logs()
+    parts = build_depth_anything(params.models.depth_anything)
+    parts.model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return DepthAnythingEstimator(parts, params.udpdiff.depth.batch_frames)
+
+
+register_estimator(
+    "depth_anything",
+    EstimatorEntry(build=_build_depth_anything, model_id=lambda p: p.models.depth_anything.model_id),
+)
+register_estimator(
+    "parallax",
+    EstimatorEntry(
+        build=lambda p: ParallaxEstimator(p.udpdiff.depth.flow, p.udpdiff.depth.parallax),
+        model_id=lambda p: f"parallax(flow={p.udpdiff.depth.flow.backend})",
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def save_depth(path: Path, depth: np.ndarray) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, depth=np.asarray(depth, dtype=np.float32))
+    return path
+
+
+def load_depth(path: Path) -> np.ndarray:
+    with np.load(path) as data:
+        return data["depth"]
+
+
+def process_clip(
+    clip_id: str,
+    clip_path: str,
+    root: Path,
+    output_dir: Path,
+    cfg: DepthParams,
+    model_id: str,
+    estimator: Callable[[], VideoDepthEstimator],
+) -> dict:
+    """Estimate one clip's depth and write its outputs; a kept record, or a reject with the reason."""
+    try:
+        frames, fps = read_video(root / clip_path)
+    except MediaError as exc:
+        return rejected(clip_id, "unreadable_video", str(exc))
+    model = estimator()
+    disparity = np.asarray(model(frames), dtype=np.float32)
+    if disparity.shape != frames.shape[:3]:
+        raise ValueError(
+            f"depth estimator {cfg.backend!r} returned shape {disparity.shape} for {clip_id}, "
+            f"expected {frames.shape[:3]} (T, H, W)"
+        )
+    bad = int(np.count_nonzero(~np.isfinite(disparity)))
+    if bad:
+        return rejected(
+            clip_id, "non_finite_depth", f"{bad} of {disparity.size} disparity values are NaN or inf"
+        )
+    disparity = align_temporal(disparity, cfg.temporal_window, model.invariance, cfg.temporal_reduce)
+    try:
+        clip = to_depth(disparity, cfg.low_percentile, cfg.high_percentile, cfg.flat_epsilon)
+    except FlatDepth as exc:
+        return rejected(clip_id, "flat_depth", str(exc))
+
+    depth_path, values_path = f"{DEPTH_DIR}/{clip_id}.mp4", f"{DEPTH_DIR}/{clip_id}.npz"
+    rate = max(1, round(fps))
+    write_video(output_dir / depth_path, encode_depth(clip.depth), rate, lossless=True)
+    save_depth(output_dir / values_path, clip.depth)
+    frames_n, height, width = (int(n) for n in clip.depth.shape)
+    spread = np.percentile(clip.depth, [5, 95])
+    return ok(
+        clip_id,
+        depth_path=depth_path,
+        depth_values_path=values_path,
+        depth_backend=cfg.backend,
+        depth_model=model_id,
+        temporal_window=cfg.temporal_window,
+        frames=frames_n,
+        height=height,
+        width=width,
+        fps=rate,
+        clip_path=clip_path,
+        invariance=model.invariance,
+        raw_low=clip.low,
+        raw_high=clip.high,
+        relative_range=clip.relative_range,
+        depth_spread=float(spread[1] - spread[0]),
+        flicker=flicker(clip.depth),
+    )
+
+
+def _clip_paths(manifest: pd.DataFrame, where: Path) -> list[str]:
+    bad = [
+        str(i)
+        for i, p in zip(manifest["id"], manifest["clip_path"], strict=True)
+        if not isinstance(p, str) or not p.strip()
+    ]
+    if bad:
+        raise ValueError(
+            f"{where}: column 'clip_path' must hold the clip file (relative to the clips directory) for "
+            f"every row; empty or not a string for id(s) {bad[:5]} ({len(bad)} in all)"
+        )
+    return list(manifest["clip_path"])
+
+
+def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -> dict[str, float]:
+    """inputs: [udpdiff.clips output]. Writes depth/{id}.mp4 + depth/{id}.npz, manifest and rejects."""
+    cfg = params.udpdiff.depth
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    root = input_dir(inputs, 0, "udpdiff.clips")
+    source = read_input_manifest(inputs, 0, "udpdiff.clips", required=["clip_path"])
+    items = pd.DataFrame({"id": source["id"].astype(str), "clip_path": _clip_paths(source, root / MANIFEST)})
+    entry = estimator_entry(cfg.backend)
+    model_id = entry.model_id(params)
+    built: list[VideoDepthEstimator] = []
+
+    def estimator() -> VideoDepthEstimator:
+        # Built on the first clip that needs it, so a finished rerun loads no model.
+        if not built:
+            built.append(entry.build(params))
+        return built[0]
+
+    result = run_batches(
+        items,
+        output_dir=output_dir,
+        name="depth",
+        config_fingerprint=fingerprint(STAGE, cfg.model_dump(mode="json"), model_id, str(root.resolve())),
+        batch_size=BATCH,
+        process=lambda batch: [
+            process_clip(i, p, root, output_dir, cfg, model_id, estimator)
+            for i, p in zip(batch["id"], batch["clip_path"], strict=True)
+        ],
+    )
+    kept, rejects = split_records(result.records, STAGE)
+    manifest = (kept if len(kept) else pd.DataFrame(columns=MANIFEST_COLUMNS))[MANIFEST_COLUMNS]
+    manifest = manifest.assign(seed=params.seed).sort_values("id", kind="stable")
+    if len(manifest) + len(rejects) != len(items):
+        raise AssertionError(f"{STAGE}: {len(manifest)} kept + {len(rejects)} rejected != {len(items)} clips")
+
+    write_manifest(manifest, output_dir)
+    write_rejects(rejects, output_dir)
+    clear_partials(output_dir)
+
+    metrics: dict[str, float] = {
+        "clips_in": len(items),
+        "kept": len(manifest),
+        "rejected": len(rejects),
+        "resumed_batches": result.reused_batches,
+        "stage_seconds": round(time.perf_counter() - started, 4),
+    }
+    metrics.update({f"rejected_{k}": v for k, v in sorted(Counter(rejects["reason"]).items())})
+    if len(manifest):
+        metrics["median_depth_range"] = float(manifest["depth_spread"].median())
+        metrics["median_relative_range"] = float(manifest["relative_range"].median())
+        metrics["temporal_flicker"] = float(manifest["flicker"].mean())
+    return metrics
