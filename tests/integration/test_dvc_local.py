@@ -27,7 +27,19 @@ STAGES = [
     "unic.train",
     "unic.sample",
     "unic.register",
+    "udpdiff.synthetic",
+    "udpdiff.clips",
+    "udpdiff.captions",
+    "udpdiff.segment",
+    "udpdiff.depth",
+    "udpdiff.dataset",
+    "udpdiff.encode",
+    "udpdiff.train",
+    "udpdiff.sample",
+    "udpdiff.register",
 ]
+# The registries log each model in a run of their own, nested under the pipeline run too.
+MODEL_RUNS = ["udpdiff_register", "unic_register"]
 # Outputs computed with plain numpy/hashing are reproduced bit for bit on any machine. The diffusion
 # outputs are compared by content, not bytes: float kernels differ across CPU instruction sets.
 BIT_EXACT_STAGES = ["unic_prompts"]
@@ -97,11 +109,23 @@ def test_local_repro_writes_outputs_and_nested_mlflow_runs(fresh_clone):
     assert len(stages) == 1 and stages[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert stages[0].data.metrics["prompts_kept"] == len(manifest)
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    model_runs = [r for r in nested if r.info.run_name == "unic_register"]  # the registry logs the model here
-    assert len(model_runs) == 1
+    model_runs = [r for r in nested if r.info.run_name in MODEL_RUNS]
+    assert sorted(r.info.run_name for r in model_runs) == MODEL_RUNS
     assert sorted(r.data.tags["vidprior.stage"] for r in nested if r not in model_runs) == sorted(STAGES)
-    registered = json.loads((clone / "data/unic/registered/model.json").read_text())
-    assert registered["alias"] == "challenger" and registered["name"] == "unic"
+    for name in ("unic", "udpdiff"):
+        registered = json.loads((clone / f"data/{name}/registered/model.json").read_text())
+        assert registered["alias"] == "challenger" and registered["name"] == name
+
+    # UDPDiff: every synthetic clip is in Panda-Dense or rejected with a reason; samples of both tasks.
+    synthetic = yaml.safe_load((clone / "params.yaml").read_text())["udpdiff"]["synthetic"]
+    dense = pd.read_parquet(clone / "data/udpdiff/dataset/manifest.parquet")
+    dense_rejects = pd.read_parquet(clone / "data/udpdiff/dataset/rejects.parquet")
+    assert len(dense) + len(dense_rejects) == synthetic["videos"] * synthetic["clips_per_video"]
+    assert len(dense) > 0
+    assert json.loads((clone / "data/udpdiff/dataset/report/dense.json").read_text())["success"] is True
+    samples = pd.read_parquet(clone / "data/udpdiff/samples/manifest.parquet")
+    assert set(samples["task"]) == {"segmentation", "depth"}
+    assert (clone / "data/udpdiff/train/transformer/config.json").is_file()
     assert stages[0].data.params["unic.prompts.dedup.threshold"] == "0.8"
     assert (clone / "mlartifacts").is_dir() and not (clone / "mlruns").exists()
 
