@@ -148,7 +148,7 @@ def test_encoding_is_deterministic_and_resumes(encoded, dataset, tmp_path, monke
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(encode, "write_manifest", killed)
+        patch.setattr(encode, "finish_stage", killed)
         with pytest.raises(KeyboardInterrupt):
             encode.run(params_with(), [dataset], resumed)
     assert (resumed / PARTIAL_DIR).is_dir()

@@ -143,7 +143,7 @@ def test_writes_both_tasks_of_the_first_clips_on_the_same_seed(first_run):
         manifest[["frames", "height", "width", "steps"]].drop_duplicates().values == [[9, 32, 48, 2]]
     ).all()
     assert (manifest["seconds"] > 0).all()
-    assert metrics["samples"] == 4 and metrics["rejected"] == 0
+    assert metrics["samples_in"] == metrics["kept"] == 4 and metrics["rejected"] == 0
     assert metrics["mean_sample_seconds"] > 0
     assert metrics["entities_found_mean"] == manifest["entities"].dropna().astype(float).mean()
     assert 0 < metrics["depth_range_mean"] <= 1
@@ -211,7 +211,7 @@ def test_clips_without_a_long_caption_are_rejected_per_task(train_dir, tmp_path)
     assert read_manifest(out)["id"].tolist() == ["b.0.depth"]
     rejects = read_rejects(out)
     assert rejects[["id", "stage", "reason"]].values.tolist() == [["a.0.depth", sample.STAGE, "empty_prompt"]]
-    assert metrics["samples"] == 1 and metrics["rejected_empty_prompt"] == 1
+    assert metrics["kept"] == 1 and metrics["rejected_empty_prompt"] == 1
     assert "entities_found_mean" not in metrics
 
 

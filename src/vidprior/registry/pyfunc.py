@@ -72,6 +72,37 @@ def read_config(config_file: Path, expected_format: int) -> dict[str, Any]:
     return config
 
 
+def merged_params(
+    specs: Sequence[tuple[str, str, Any]], params: Mapping[str, Any] | None, *, keep_null: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A predict call's params: the signature's defaults (`specs`: name, type, default), overridden by
+    the given non-null values (or null too, for the names in `keep_null`); unknown names are an error.
+
+    MLflow fills every missing param with its schema default before `predict` sees it, so a param
+    whose "not given" must be told apart needs a null default.
+    """
+    chosen = {name: default for name, _, default in specs}
+    unknown = set(params or {}) - set(chosen)
+    if unknown:
+        raise ValueError(f"unknown params {sorted(unknown)}; known: {sorted(chosen)}")
+    chosen.update({k: v for k, v in (params or {}).items() if v is not None or k in keep_null})
+    return chosen
+
+
+def row_seeds(frame, run_seed: int, purpose: str) -> list[int]:
+    """Each input row's `seed`, or, where it has none, one derived from (run seed, the row's prompt):
+    the same prompt always gets the same seed."""
+    import pandas as pd
+
+    from vidprior.seeding import item_seed
+
+    given = frame["seed"].tolist() if "seed" in frame.columns else [None] * len(frame)
+    return [
+        item_seed(int(run_seed), purpose, str(prompt)) if seed is None or pd.isna(seed) else int(seed)
+        for prompt, seed in zip(frame["prompt"].tolist(), given, strict=True)
+    ]
+
+
 @dataclass(frozen=True)
 class RegisteredModel:
     """What `log_code_model` registered: `models:/<name>/<version>`, and the alias that now points at it."""

@@ -44,7 +44,9 @@ from vidprior.registry.pyfunc import (
     lineage_tags,
     load_registered,
     log_code_model,
+    merged_params,
     read_config,
+    row_seeds,
 )
 from vidprior.udpdiff.pixelplanes import DENOISE_MODES
 from vidprior.udpdiff.sampler import SCHEDULERS, trained_text_tokens
@@ -205,11 +207,7 @@ class UDPDiffModel(mlflow.pyfunc.PythonModel):
         """One call's settings: the config's defaults, overridden by the non-null params."""
         if self.config is None:
             raise RuntimeError("UDPDiffModel is not loaded (load_context / load was not called)")
-        chosen = {name: default for name, _, default in _param_specs(self.config)}
-        unknown = set(params or {}) - set(chosen)
-        if unknown:
-            raise ValueError(f"unknown params {sorted(unknown)}; known: {sorted(chosen)}")
-        chosen.update({k: v for k, v in (params or {}).items() if v is not None})
+        chosen = merged_params(_param_specs(self.config), params)
         for key in ("steps", "frames", "height", "width", "fps", "batch_size"):
             chosen[key] = int(chosen[key])
             if chosen[key] < 1:
@@ -232,8 +230,6 @@ class UDPDiffModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"{where}: unknown task {task!r}; the model knows {known}")
 
     def rows(self, frame: pd.DataFrame, default_task: str) -> tuple[list[str], list[str], list[int]]:
-        from vidprior.seeding import item_seed
-
         if "prompt" not in frame.columns:
             raise ValueError(f"model input needs a 'prompt' column, got {list(frame.columns)}")
         prompts = [str(p) for p in frame["prompt"].tolist()]
@@ -241,13 +237,7 @@ class UDPDiffModel(mlflow.pyfunc.PythonModel):
         tasks = [default_task if t is None or pd.isna(t) else str(t) for t in given_tasks]
         for row, task in enumerate(tasks):
             self._check_task(task, f"input row {row}")
-        given_seeds = frame["seed"].tolist() if "seed" in frame.columns else [None] * len(frame)
-        run_seed = int(self.config["seed"])
-        seeds = [
-            item_seed(run_seed, SEED_PURPOSE, prompt) if s is None or pd.isna(s) else int(s)
-            for prompt, s in zip(prompts, given_seeds, strict=True)
-        ]
-        return prompts, tasks, seeds
+        return prompts, tasks, row_seeds(frame, self.config["seed"], SEED_PURPOSE)
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None

@@ -56,7 +56,9 @@ from vidprior.registry.pyfunc import (
     lineage_tags,
     load_registered,
     log_code_model,
+    merged_params,
     read_config,
+    row_seeds,
 )
 
 if TYPE_CHECKING:
@@ -203,13 +205,8 @@ class UniCModel(mlflow.pyfunc.PythonModel):
         """The sampling settings of one call: the config's defaults, overridden by the non-null params."""
         if self.config is None:
             raise RuntimeError("UniCModel is not loaded (load_context / load was not called)")
-        chosen = {name: default for name, _, default in _param_specs(self.config)}
-        unknown = set(params or {}) - set(chosen)
-        if unknown:
-            raise ValueError(f"unknown params {sorted(unknown)}; known: {sorted(chosen)}")
-        chosen.update({k: v for k, v in (params or {}).items() if v is not None and k != "lambda_"})
-        lam = resolve_lambda(self.config["lambdas"], (params or {}).get("lambda_"), chosen.pop("task"))
-        chosen.pop("lambda_")
+        chosen = merged_params(_param_specs(self.config), params, keep_null=["lambda_"])
+        lam = resolve_lambda(self.config["lambdas"], chosen.pop("lambda_"), chosen.pop("task"))
         out = {
             "lambda_": lam,
             "steps": int(chosen["steps"]),
@@ -229,14 +226,7 @@ class UniCModel(mlflow.pyfunc.PythonModel):
         return out
 
     def seeds_for(self, frame: pd.DataFrame) -> list[int]:
-        from vidprior.seeding import item_seed
-
-        run_seed = int(self.config["seed"])
-        given = frame["seed"].tolist() if "seed" in frame.columns else [None] * len(frame)
-        return [
-            item_seed(run_seed, SEED_PURPOSE, str(prompt)) if seed is None or pd.isna(seed) else int(seed)
-            for prompt, seed in zip(frame["prompt"].tolist(), given, strict=True)
-        ]
+        return row_seeds(frame, self.config["seed"], SEED_PURPOSE)
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +40,17 @@ import pandas as pd
 
 from vidprior import vision_chat
 from vidprior.config import CaptionParams, Params
-from vidprior.io.checkpoint import clear_partials
-from vidprior.io.manifest import MANIFEST, write_manifest, write_rejects
+from vidprior.io.manifest import MANIFEST
 from vidprior.io.media import MediaError, read_video, sample_frame_indices
 from vidprior.llm import ChatClient, EndpointRejected, LLMError
-from vidprior.unic.generation import fingerprint, ok, rejected, run_batches, split_records
+from vidprior.unic.generation import (
+    fingerprint,
+    finish_stage,
+    ok,
+    rejected,
+    run_batches,
+    split_records,
+)
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
 from vidprior.vision_chat import AnswerCache
 
@@ -371,25 +376,18 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
     if not len(kept):
         kept = pd.DataFrame(columns=[*MANIFEST_COLUMNS, "cached"])
     cache_hits = int(kept["cached"].astype(bool).sum())
-    manifest = kept[MANIFEST_COLUMNS].assign(seed=params.seed).sort_values("id", kind="stable")
+    manifest = kept[MANIFEST_COLUMNS].assign(seed=params.seed)
     manifest = manifest.astype({"caption_frames": "int64", "caption_truncated": "bool"})
-    if len(manifest) + len(rejects) != len(clips):
-        raise AssertionError(f"{STAGE}: {len(manifest)} kept + {len(rejects)} rejected != {len(clips)} clips")
-
-    write_manifest(manifest, output_dir)
-    write_rejects(rejects, output_dir)
-    clear_partials(output_dir)
-
-    metrics: dict[str, float] = {
-        "clips_in": len(clips),
-        "kept": len(manifest),
-        "rejected": len(rejects),
-        "truncated": int(manifest["caption_truncated"].sum()),
-        "resumed_batches": result.reused_batches,
-        "cache_hits": cache_hits,
-        "stage_seconds": round(time.perf_counter() - started, 4),
-    }
-    metrics.update({f"rejected_{k}": v for k, v in sorted(Counter(rejects["reason"]).items())})
+    metrics = finish_stage(
+        manifest,
+        rejects,
+        stage=STAGE,
+        items=len(clips),
+        output_dir=output_dir,
+        reused_batches=result.reused_batches,
+        started=started,
+    )
+    metrics.update(truncated=int(manifest["caption_truncated"].sum()), cache_hits=cache_hits)
     if len(manifest):
         words = manifest["long_caption"].str.split().str.len()
         metrics["mean_long_caption_words"] = float(words.mean())

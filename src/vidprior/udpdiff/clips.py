@@ -22,7 +22,6 @@ the model trains on, and one resolution gives every threshold the same meaning f
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,12 +30,10 @@ import numpy as np
 import pandas as pd
 
 from vidprior.config import Params
-from vidprior.io.checkpoint import clear_partials
-from vidprior.io.manifest import write_manifest, write_rejects
 from vidprior.io.media import MediaError, file_sha256, read_video, sample_frame_indices, write_video
 from vidprior.udpdiff.panda import PandaClip, read_panda_csv
 from vidprior.unic.flow_rule import STAT_COLUMNS
-from vidprior.unic.generation import fingerprint, ok, rejected, run_batches, split_records
+from vidprior.unic.generation import fingerprint, finish_stage, kept_table, ok, rejected, run_batches
 from vidprior.unic.stage_inputs import input_dir
 
 STAGE = "udpdiff.clips"
@@ -178,36 +175,30 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
         batch_size=BATCH,
         process=lambda batch: [process_clip(by_id[i], root, output_dir, params) for i in batch["id"]],
     )
-    kept, rejects = split_records(result.records, STAGE)
+    kept, rejects = kept_table(result.records, STAGE, MANIFEST_COLUMNS)
     reader_rejects = pd.DataFrame(
         [{"id": r["id"], "stage": STAGE, "reason": r["reason"], "detail": r["detail"]} for r in read.rejects],
         columns=rejects.columns,
     )
     rejects = pd.concat([reader_rejects, rejects], ignore_index=True) if len(reader_rejects) else rejects
-    manifest = (kept if len(kept) else pd.DataFrame(columns=MANIFEST_COLUMNS))[MANIFEST_COLUMNS]
+    manifest = kept[MANIFEST_COLUMNS]
     manifest = manifest.assign(
         flow_backend=cfg.flow.backend,
         analysis_height=cfg.flow.analysis_height,
         analysis_width=cfg.flow.analysis_width,
         source_csv=cfg.csv,
         seed=params.seed,
-    ).sort_values("id", kind="stable")
-    if len(manifest) + len(rejects) != read.items:
-        raise AssertionError(f"{STAGE}: {len(manifest)} kept + {len(rejects)} rejected != {read.items} clips")
-
-    write_manifest(manifest, output_dir)
-    write_rejects(rejects, output_dir)
-    clear_partials(output_dir)
-
-    metrics: dict[str, float] = {
-        "clips_in": read.items,
-        "kept": len(manifest),
-        "rejected": len(rejects),
-        "capped": int(read.capped),
-        "resumed_batches": result.reused_batches,
-        "stage_seconds": round(time.perf_counter() - started, 4),
-    }
-    metrics.update({f"rejected_{k}": v for k, v in sorted(Counter(rejects["reason"]).items())})
+    )
+    metrics = finish_stage(
+        manifest,
+        rejects,
+        stage=STAGE,
+        items=read.items,
+        output_dir=output_dir,
+        reused_batches=result.reused_batches,
+        started=started,
+    )
+    metrics["capped"] = int(read.capped)
     if len(manifest):
         metrics["median_flow_mean_magnitude"] = float(manifest["flow_mean_magnitude"].median())
         metrics["median_sharpness"] = float(manifest["sharpness"].median())

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,8 @@ import torch
 
 from vidprior.config import Params
 from vidprior.io.atomic import atomic_path
-from vidprior.io.checkpoint import clear_partials
-from vidprior.io.manifest import write_manifest, write_rejects
 from vidprior.io.media import MediaError, file_sha256, read_video
-from vidprior.unic.generation import fingerprint, ok, rejected, run_batches, split_records
+from vidprior.unic.generation import fingerprint, finish_stage, kept_table, ok, rejected, run_batches
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
 
 STAGE = "udpdiff.encode"
@@ -326,8 +323,7 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
         batch_size=cfg.batch_size,
         process=process,
     )
-    kept, rejects = split_records(result.records, STAGE)
-    manifest = (kept if len(kept) else pd.DataFrame(columns=MANIFEST_COLUMNS))[MANIFEST_COLUMNS]
+    manifest, rejects = kept_table(result.records, STAGE, MANIFEST_COLUMNS)
     if encoder:
         scaling = encoder[0].scaling_factor
     elif len(manifest):  # every batch was resumed, no model loaded: the files record the factor
@@ -341,24 +337,18 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
         storage_dtype=cfg.storage_dtype,
         max_text_tokens=cfg.max_text_tokens,
         seed=params.seed,
-    ).sort_values("id", kind="stable")
-    if len(manifest) + len(rejects) != len(items):
-        raise AssertionError(f"{STAGE}: {len(manifest)} kept + {len(rejects)} rejected != {len(items)} clips")
-
-    write_manifest(manifest, output_dir)
-    write_rejects(rejects, output_dir)
-    clear_partials(output_dir)
-
-    metrics: dict[str, float] = {
-        "clips_in": len(items),
-        "kept": len(manifest),
-        "rejected": len(rejects),
-        "long_captions_truncated": int(manifest["long_text_truncated"].astype(bool).sum()),
-        "short_captions_truncated": int(manifest["short_text_truncated"].astype(bool).sum()),
-        "resumed_batches": result.reused_batches,
-        "stage_seconds": round(time.perf_counter() - started, 4),
-    }
-    metrics.update({f"rejected_{k}": v for k, v in sorted(Counter(rejects["reason"]).items())})
+    )
+    metrics = finish_stage(
+        manifest,
+        rejects,
+        stage=STAGE,
+        items=len(items),
+        output_dir=output_dir,
+        reused_batches=result.reused_batches,
+        started=started,
+    )
+    metrics["long_captions_truncated"] = int(manifest["long_text_truncated"].astype(bool).sum())
+    metrics["short_captions_truncated"] = int(manifest["short_text_truncated"].astype(bool).sum())
     if len(manifest):
         first = manifest.iloc[0]
         for key in ("latent_frames", "latent_channels", "latent_height", "latent_width", "text_tokens"):

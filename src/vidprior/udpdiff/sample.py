@@ -15,7 +15,6 @@ generated clip by `vidprior.udpdiff.entity_colours`; `depth` float32 [T, H, W] i
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,11 +23,17 @@ import pandas as pd
 
 from vidprior.config import Params
 from vidprior.io.atomic import atomic_path
-from vidprior.io.checkpoint import clear_partials
-from vidprior.io.manifest import write_manifest, write_rejects
 from vidprior.io.media import write_video
 from vidprior.seeding import item_seed
-from vidprior.unic.generation import fingerprint, ok, quiet_library_logs, rejected, run_batches, split_records
+from vidprior.unic.generation import (
+    fingerprint,
+    finish_stage,
+    ok,
+    quiet_library_logs,
+    rejected,
+    run_batches,
+    split_records,
+)
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
 
 STAGE = "udpdiff.sample"
@@ -235,34 +240,24 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
         process=_Sampler(train_dir, params, output_dir),
     )
     kept, rejects = split_records(result.records, STAGE)
-    manifest = (kept if len(kept) else pd.DataFrame(columns=MANIFEST_COLUMNS)).reindex(
-        columns=MANIFEST_COLUMNS
-    )
+    # reindex: a depth-only run has no segmentation columns (entities, palette) in its records.
+    manifest = kept.reindex(columns=MANIFEST_COLUMNS)
     manifest = manifest.assign(
         entities=manifest["entities"].astype("Int64"),
         base_model=base.model_id,
         train_steps=train.get("steps"),
         backend=BACKEND,
-    ).sort_values("id", kind="stable")
-    if len(manifest) + len(rejects) != len(items):
-        raise AssertionError(
-            f"{STAGE}: {len(manifest)} kept + {len(rejects)} rejected != {len(items)} samples"
-        )
-
-    write_manifest(manifest, output_dir)
-    write_rejects(rejects, output_dir)
-    clear_partials(output_dir)
-    return _metrics(manifest, rejects, result.reused_batches, time.perf_counter() - started)
-
-
-def _metrics(manifest: pd.DataFrame, rejects: pd.DataFrame, resumed: int, elapsed: float) -> dict[str, float]:
-    metrics: dict[str, float] = {
-        "samples": len(manifest),
-        "rejected": len(rejects),
-        "resumed_batches": resumed,
-        "stage_seconds": round(elapsed, 4),
-    }
-    metrics.update({f"rejected_{k}": v for k, v in sorted(Counter(rejects["reason"]).items())})
+    )
+    metrics = finish_stage(
+        manifest,
+        rejects,
+        stage=STAGE,
+        items=len(items),
+        output_dir=output_dir,
+        reused_batches=result.reused_batches,
+        started=started,
+        noun="samples",
+    )
     if len(manifest):
         metrics["mean_sample_seconds"] = float(manifest["seconds"].mean())
     seg = manifest[manifest["task"] == "segmentation"]

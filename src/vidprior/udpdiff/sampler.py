@@ -466,18 +466,37 @@ def _task_list(model: UDPDiffModel, tasks: str | Sequence[str], count: int) -> l
     return names
 
 
-def _sample(pipe: UDPDiffPipeline, prompts, task_ids, seeds, **kwargs) -> SampleOutput:
-    return pipe(
+def _run(
+    model: UDPDiffModel,
+    prompts: Sequence[str],
+    tasks: list[str] | None,
+    seeds: Sequence[int],
+    settings: dict[str, Any],
+) -> Generation:
+    """Sample with the UDPDiff transformer (`tasks` given) or the base one (`tasks` None)."""
+    chosen = resolve_scheduler(settings.pop("scheduler"), model.base_spec, model.transformer.config)
+    out = model.pipeline(chosen, base=tasks is None)(
         list(prompts),
-        task_ids,
+        None if tasks is None else [model.tasks[t] for t in tasks],
         seeds=[int(s) for s in seeds],
-        num_frames=kwargs["frames"],
-        height=kwargs["height"],
-        width=kwargs["width"],
-        num_inference_steps=kwargs["steps"],
-        guidance_scale=kwargs["guidance_scale"],
-        negative_prompt=kwargs.get("negative_prompt"),
-        max_sequence_length=kwargs.get("max_sequence_length"),
+        num_frames=settings["frames"],
+        height=settings["height"],
+        width=settings["width"],
+        num_inference_steps=settings["steps"],
+        guidance_scale=settings["guidance_scale"],
+        negative_prompt=settings["negative_prompt"],
+        max_sequence_length=model.text_tokens,
+    )
+    return Generation(
+        videos=list(out.frames),
+        dense=None if tasks is None else list(out.dense),
+        tasks=tasks,
+        seeds=[int(s) for s in seeds],
+        finite=out.finite.tolist(),
+        scheduler=chosen,
+        encode_seconds=out.encode_seconds,
+        denoise_seconds=out.denoise_seconds,
+        decode_seconds=out.decode_seconds,
     )
 
 
@@ -497,30 +516,9 @@ def generate(
 ) -> Generation:
     """One batch: a video and a dense map (`tasks`: one name for all, or one per prompt) per prompt."""
     names = _task_list(model, tasks, len(prompts))
-    chosen = resolve_scheduler(scheduler, model.base_spec, model.transformer.config)
-    out = _sample(
-        model.pipeline(chosen),
-        prompts,
-        [model.tasks[t] for t in names],
-        seeds,
-        steps=steps,
-        frames=frames,
-        height=height,
-        width=width,
-        guidance_scale=guidance_scale,
-        negative_prompt=negative_prompt,
-        max_sequence_length=model.text_tokens,
-    )
-    return Generation(
-        videos=list(out.frames),
-        dense=list(out.dense),
-        tasks=names,
-        seeds=[int(s) for s in seeds],
-        finite=out.finite.tolist(),
-        scheduler=chosen,
-        encode_seconds=out.encode_seconds,
-        denoise_seconds=out.denoise_seconds,
-        decode_seconds=out.decode_seconds,
+    settings = dict(steps=steps, frames=frames, height=height, width=width, guidance_scale=guidance_scale)
+    return _run(
+        model, prompts, names, seeds, {**settings, "scheduler": scheduler, "negative_prompt": negative_prompt}
     )
 
 
@@ -538,28 +536,7 @@ def sample_base(
     negative_prompt: str | None = None,
 ) -> Generation:
     """The base CogVideoX's plain text-to-video with the same VAE, T5, schedule and seeds."""
-    chosen = resolve_scheduler(scheduler, model.base_spec, model.transformer.config)
-    out = _sample(
-        model.pipeline(chosen, base=True),
-        prompts,
-        None,
-        seeds,
-        steps=steps,
-        frames=frames,
-        height=height,
-        width=width,
-        guidance_scale=guidance_scale,
-        negative_prompt=negative_prompt,
-        max_sequence_length=model.text_tokens,
-    )
-    return Generation(
-        videos=list(out.frames),
-        dense=None,
-        tasks=None,
-        seeds=[int(s) for s in seeds],
-        finite=out.finite.tolist(),
-        scheduler=chosen,
-        encode_seconds=out.encode_seconds,
-        denoise_seconds=out.denoise_seconds,
-        decode_seconds=out.decode_seconds,
+    settings = dict(steps=steps, frames=frames, height=height, width=width, guidance_scale=guidance_scale)
+    return _run(
+        model, prompts, None, seeds, {**settings, "scheduler": scheduler, "negative_prompt": negative_prompt}
     )

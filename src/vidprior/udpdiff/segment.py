@@ -62,7 +62,6 @@ about 0.3 s a frame at 480x720 (5 shapes, one core).
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,12 +73,11 @@ import pandas as pd
 
 from vidprior.config import ClassicalSegmentParams, Params, SegmentParams
 from vidprior.io.atomic import atomic_path
-from vidprior.io.checkpoint import clear_partials
-from vidprior.io.manifest import MANIFEST, write_manifest, write_rejects
+from vidprior.io.manifest import MANIFEST
 from vidprior.io.media import MediaError, read_video, write_video
 from vidprior.seeding import item_seed
 from vidprior.udpdiff.pixelplanes import encode_segmentation, palette_to_json
-from vidprior.unic.generation import fingerprint, ok, rejected, run_batches, split_records
+from vidprior.unic.generation import fingerprint, finish_stage, kept_table, ok, rejected, run_batches
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
 
 if TYPE_CHECKING:
@@ -631,24 +629,17 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
             for i, p in zip(batch["id"], batch["clip_path"], strict=True)
         ],
     )
-    kept, rejects = split_records(result.records, STAGE)
-    manifest = (kept if len(kept) else pd.DataFrame(columns=MANIFEST_COLUMNS))[MANIFEST_COLUMNS]
-    manifest = manifest.assign(seed=params.seed).sort_values("id", kind="stable")
-    if len(manifest) + len(rejects) != len(items):
-        raise AssertionError(f"{STAGE}: {len(manifest)} kept + {len(rejects)} rejected != {len(items)} clips")
-
-    write_manifest(manifest, output_dir)
-    write_rejects(rejects, output_dir)
-    clear_partials(output_dir)
-
-    metrics: dict[str, float] = {
-        "clips_in": len(items),
-        "kept": len(manifest),
-        "rejected": len(rejects),
-        "resumed_batches": result.reused_batches,
-        "stage_seconds": round(time.perf_counter() - started, 4),
-    }
-    metrics.update({f"rejected_{k}": v for k, v in sorted(Counter(rejects["reason"]).items())})
+    manifest, rejects = kept_table(result.records, STAGE, MANIFEST_COLUMNS)
+    manifest = manifest.assign(seed=params.seed)
+    metrics = finish_stage(
+        manifest,
+        rejects,
+        stage=STAGE,
+        items=len(items),
+        output_dir=output_dir,
+        reused_batches=result.reused_batches,
+        started=started,
+    )
     if len(manifest):
         metrics["mean_entities"] = float(manifest["entities"].mean())
         metrics["holes_filled_px"] = int(manifest["holes_filled_px"].sum())

@@ -36,8 +36,6 @@ Run under torchrun with `python -m vidprior.udpdiff.train` (see `main`).
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import os
@@ -58,6 +56,7 @@ from vidprior.io.atomic import atomic_path, write_text_atomic
 from vidprior.io.checkpoint import clear_partials, fingerprint
 from vidprior.io.manifest import MANIFEST, REPORT_DIR
 from vidprior.training import engine as ds
+from vidprior.training.runs import sample_seed, torchrun_main, write_csv
 from vidprior.udpdiff.model import TASKS, join_latent, split_latent
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
 
@@ -88,12 +87,6 @@ HISTORY_COLUMNS = [
 ]
 
 log = logging.getLogger("vidprior.udpdiff.train")  # also when run as __main__
-
-
-def _seed(*parts: object) -> int:
-    """A 63-bit seed from a content hash of `parts` (independent of process, shard and rank)."""
-    digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
 
 
 # --------------------------------------------------------------------------- data
@@ -216,12 +209,12 @@ class Sampler:
         if epoch not in self._permutations:
             if len(self._permutations) > 2:
                 self._permutations.pop(min(self._permutations))
-            rng = np.random.default_rng(_seed(self.seed, "udpdiff.train.order", epoch))
+            rng = np.random.default_rng(sample_seed(self.seed, "udpdiff.train.order", epoch))
             self._permutations[epoch] = rng.permutation(self.n_clips)
         return int(self._permutations[epoch][offset])
 
     def choice(self, position: int) -> Choice:
-        generator = torch.Generator().manual_seed(_seed(self.seed, "udpdiff.train.choice", position))
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, "udpdiff.train.choice", position))
         u = torch.rand(2, generator=generator, dtype=torch.float64)
         t = int(torch.randint(0, self.num_timesteps, (1,), generator=generator))
         return Choice(
@@ -231,7 +224,7 @@ class Sampler:
         )
 
     def noise(self, position: int, shape: Sequence[int]) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(_seed(self.seed, "udpdiff.train.noise", position))
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, "udpdiff.train.noise", position))
         return torch.randn(tuple(shape), generator=generator)
 
     def positions(self, step: int, micro_step: int) -> range:
@@ -314,11 +307,6 @@ def _history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
     counts = ["step", *TASKS, "long_caption", "short_caption"]
     return frame.astype({c: ("int64" if c in counts else "float64") for c in HISTORY_COLUMNS})
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def _curve(ax, frame: pd.DataFrame, column: str, label: str, window: int) -> None:
@@ -603,10 +591,10 @@ def _train(
             "steps": cfg.steps,
         }
         save_transformer(final_model(model_config, state, buffers), output_dir / TRANSFORMER_DIR)
-        _write_csv(frame, output_dir / HISTORY)
+        write_csv(frame, output_dir / HISTORY)
         report = output_dir / REPORT_DIR
         report.mkdir(parents=True, exist_ok=True)
-        _write_csv(frame, report / HISTORY)
+        write_csv(frame, report / HISTORY)
         plot_history(
             frame,
             report / PLOT,
@@ -626,34 +614,9 @@ def _train(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`[torchrun --nproc_per_node N] python -m vidprior.udpdiff.train LATENTS --output DIR`.
-
-    Every rank trains; rank 0 writes the outputs, the metrics file (`--metrics`) and a
-    `METRICS {json}` line on stdout.
-    """
-    from vidprior.config import DEFAULT_PARAMS, load_params
-    from vidprior.stages import reproducible
-
-    parser = argparse.ArgumentParser(prog="python -m vidprior.udpdiff.train", description=main.__doc__)
-    parser.add_argument("latents", help="the udpdiff.encode stage's output directory")
-    parser.add_argument("--output", required=True, help="output directory")
-    parser.add_argument("--params", action="append", help="params file(s), later ones override")
-    parser.add_argument("--metrics", help="write the reproducible metrics here (JSON)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    params = load_params(args.params or [DEFAULT_PARAMS])
-    dist_info = ds.init_distributed()
-    try:
-        metrics = run(params, [args.latents], Path(args.output))
-        if dist_info.rank == 0:
-            if args.metrics:
-                write_text_atomic(
-                    Path(args.metrics), json.dumps(reproducible(metrics), indent=2, sort_keys=True) + "\n"
-                )
-            print("METRICS " + json.dumps(metrics), flush=True)
-    finally:
-        ds.shutdown()
-    return 0
+    """`[torchrun --nproc_per_node N] python -m vidprior.udpdiff.train LATENTS --output DIR`."""
+    inputs = [("latents", "the udpdiff.encode stage's output directory")]
+    return torchrun_main("vidprior.udpdiff.train", inputs, run, argv)
 
 
 if __name__ == "__main__":

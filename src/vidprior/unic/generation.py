@@ -8,20 +8,25 @@ its own seed, produces byte-identical media and the same manifest. A record is e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from vidprior.io.checkpoint import ChunkStore, fingerprint
+from vidprior.io.checkpoint import ChunkStore, clear_partials, fingerprint
+from vidprior.io.manifest import write_manifest, write_rejects
 from vidprior.io.shards import Shard
 
 OK = "ok"
 __all__ = [
     "OK",
     "BatchResult",
+    "finish_stage",
     "fingerprint",
+    "kept_table",
     "ok",
     "rejected",
     "run_batches",
@@ -76,6 +81,41 @@ def split_records(records: list[dict], stage: str) -> tuple[pd.DataFrame, pd.Dat
         columns=["id", "stage", "reason", "detail"],
     )
     return pd.DataFrame(kept), rejects
+
+
+def kept_table(records: list[dict], stage: str, columns: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept rows with `columns`, an empty frame of them when nothing was kept; rejects)."""
+    kept, rejects = split_records(records, stage)
+    return (kept if len(kept) else pd.DataFrame(columns=list(columns)))[list(columns)], rejects
+
+
+def finish_stage(
+    manifest: pd.DataFrame,
+    rejects: pd.DataFrame,
+    *,
+    stage: str,
+    items: int,
+    output_dir: Path,
+    reused_batches: int,
+    started: float,
+    noun: str = "clips",
+) -> dict[str, float]:
+    """Check that kept + rejected == the `items` read, write manifest and rejects, drop the checkpoints;
+    the metrics every such stage reports (`<noun>_in`, kept, rejected, rejected per reason, timing)."""
+    if len(manifest) + len(rejects) != items:
+        raise AssertionError(f"{stage}: {len(manifest)} kept + {len(rejects)} rejected != {items} {noun}")
+    write_manifest(manifest.sort_values("id", kind="stable"), output_dir)
+    write_rejects(rejects, output_dir)
+    clear_partials(output_dir)
+    metrics: dict[str, float] = {
+        f"{noun}_in": items,
+        "kept": len(manifest),
+        "rejected": len(rejects),
+        "resumed_batches": reused_batches,
+        "stage_seconds": round(time.perf_counter() - started, 4),
+    }
+    metrics.update({f"rejected_{k}": v for k, v in sorted(Counter(rejects["reason"]).items())})
+    return metrics
 
 
 def quiet_library_logs() -> None:

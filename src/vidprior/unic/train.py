@@ -30,8 +30,6 @@ Run under torchrun with `python -m vidprior.unic.train` (see `main`).
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import math
@@ -51,6 +49,7 @@ from vidprior.io.checkpoint import ChunkStore, clear_partials, fingerprint
 from vidprior.io.manifest import REPORT_DIR
 from vidprior.io.media import read_image
 from vidprior.training import engine as ds
+from vidprior.training.runs import sample_seed, torchrun_main, write_csv
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
 
 STAGE = "unic.train"
@@ -86,12 +85,6 @@ class Examples:
     held_out: np.ndarray  # indices of the held-out examples
 
 
-def _seed(*parts: object) -> int:
-    """A 63-bit seed from a content hash of `parts` (independent of process, shard and rank)."""
-    digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
-
-
 def split_by_prompt(prompt_ids: Sequence[str], eval_fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of held-out examples: `eval_fraction` of the distinct prompts (at least one, and at
     least one left for training when there are two or more), ranked by a hash of (seed, prompt id)."""
@@ -99,7 +92,7 @@ def split_by_prompt(prompt_ids: Sequence[str], eval_fraction: float, seed: int) 
     if len(distinct) < 2:
         return np.zeros(len(prompt_ids), dtype=bool)
     n_eval = min(max(1, round(eval_fraction * len(distinct))), len(distinct) - 1)
-    ranked = sorted(distinct, key=lambda p: (_seed(seed, "unic.train.split", p), p))
+    ranked = sorted(distinct, key=lambda p: (sample_seed(seed, "unic.train.split", p), p))
     held = set(ranked[:n_eval])
     return np.array([p in held for p in prompt_ids], dtype=bool)
 
@@ -244,11 +237,6 @@ def _history_frame(rows: list[dict[str, Any]], n_buckets: int) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=columns)
     frame["step"] = frame["step"].astype("int64")
     return frame.astype({c: "float64" for c in columns if c != "step"})
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def plot_history(frame: pd.DataFrame, path: Path, n_buckets: int, title: str) -> None:
@@ -411,7 +399,9 @@ def precompute(
         pairs = [(int(i), b) for i in rows for b in range(n_buckets)]
         ts, noises = [], []
         for i, b in pairs:
-            generator = torch.Generator().manual_seed(_seed(params.seed, "unic.train.eval", data.ids[i], b))
+            generator = torch.Generator().manual_seed(
+                sample_seed(params.seed, "unic.train.eval", data.ids[i], b)
+            )
             ts.append(int(torch.randint(edges[b], edges[b + 1], (1,), generator=generator)))
             noises.append(torch.randn(latents.shape[1:], generator=generator))
         index = np.array([i for i, _ in pairs], dtype=np.int64)
@@ -470,7 +460,7 @@ class Batches:
         if epoch not in self._permutations:
             if len(self._permutations) > 2:
                 self._permutations.pop(min(self._permutations))
-            rng = np.random.default_rng(_seed(self.seed, "unic.train.order", epoch))
+            rng = np.random.default_rng(sample_seed(self.seed, "unic.train.order", epoch))
             self._permutations[epoch] = rng.permutation(len(self.train))
         return int(self.train[self._permutations[epoch][offset]])
 
@@ -481,7 +471,7 @@ class Batches:
         first = step * self.global_batch + (micro_step * self.world + self.rank) * self.micro
         index, ts, noises = [], [], []
         for position in range(first, first + self.micro):
-            generator = torch.Generator().manual_seed(_seed(self.seed, "unic.train.noise", position))
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, "unic.train.noise", position))
             index.append(self._example(position))
             ts.append(int(torch.randint(0, self.num_timesteps, (1,), generator=generator)))
             noises.append(torch.randn(tuple(latent_shape), generator=generator))
@@ -688,10 +678,10 @@ def write_outputs(
     final = UniCClassifier(enc.classifier.unet)  # a fresh fp32 head on CPU, for the master weights
     final.head.to("cpu").load_state_dict(head_state)
     final.save_head(output_dir)
-    _write_csv(frame, output_dir / HISTORY)
+    write_csv(frame, output_dir / HISTORY)
     report = output_dir / REPORT_DIR
     report.mkdir(parents=True, exist_ok=True)
-    _write_csv(frame, report / HISTORY)
+    write_csv(frame, report / HISTORY)
     data = summary["data"]
     train = summary["train"]
     plot_history(
@@ -709,35 +699,12 @@ def write_outputs(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`[torchrun --nproc_per_node N] python -m vidprior.unic.train LABELS IMAGES --output DIR`.
-
-    Every rank trains; rank 0 writes the outputs, the metrics file (`--metrics`) and a
-    `METRICS {json}` line on stdout.
-    """
-    from vidprior.config import DEFAULT_PARAMS, load_params
-    from vidprior.stages import reproducible
-
-    parser = argparse.ArgumentParser(prog="python -m vidprior.unic.train", description=main.__doc__)
-    parser.add_argument("labels", help="the unic.labels stage's output directory")
-    parser.add_argument("images", help="the unic.images stage's output directory")
-    parser.add_argument("--output", required=True, help="output directory")
-    parser.add_argument("--params", action="append", help="params file(s), later ones override")
-    parser.add_argument("--metrics", help="write the reproducible metrics here (JSON)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    params = load_params(args.params or [DEFAULT_PARAMS])
-    dist_info = ds.init_distributed()
-    try:
-        metrics = run(params, [args.labels, args.images], Path(args.output))
-        if dist_info.rank == 0:
-            if args.metrics:
-                write_text_atomic(
-                    Path(args.metrics), json.dumps(reproducible(metrics), indent=2, sort_keys=True) + "\n"
-                )
-            print("METRICS " + json.dumps(metrics), flush=True)
-    finally:
-        ds.shutdown()
-    return 0
+    """`[torchrun --nproc_per_node N] python -m vidprior.unic.train LABELS IMAGES --output DIR`."""
+    inputs = [
+        ("labels", "the unic.labels stage's output directory"),
+        ("images", "the unic.images stage's output directory"),
+    ]
+    return torchrun_main("vidprior.unic.train", inputs, run, argv)
 
 
 if __name__ == "__main__":
