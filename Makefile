@@ -36,6 +36,8 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/dedup.py
 	$(BIN)/python benchmarks/flow.py
 	$(BIN)/python benchmarks/guidance.py
+	$(BIN)/python benchmarks/pixelplanes.py
+	$(BIN)/python benchmarks/udpdiff_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
