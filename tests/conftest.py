@@ -1,4 +1,5 @@
-"""Shared fixtures: a local OpenAI-compatible Chat Completions server on 127.0.0.1.
+"""Shared fixtures: one torch thread for tiny models, and a local OpenAI-compatible Chat Completions
+server on 127.0.0.1.
 
 Tests script it per request (status, JSON body, headers such as Retry-After, a delay to provoke client
 timeouts) and read back what it received, so LLM clients are exercised over real HTTP without a network.
@@ -15,6 +16,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a test module, restored after it: tiny models on a shared 2-core machine run
+    many times faster so, and a leaked setting would change the float kernels later tests (and the
+    child processes they compare against) use. Module scope: module fixtures see the same kernels."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def completion(

@@ -126,6 +126,7 @@ def run_child(tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # the child runs on one thread: the same float kernels
 def test_register_load_in_a_fresh_process_and_generate(tracking, params, train_dir, tmp_path):
     registered = log_udpdiff_model(train_dir, params, lineage={"dvc_data_hash": "abc.dir"})
     assert (registered.name, registered.version, registered.alias) == (MODEL_NAME, "1", CHALLENGER)
@@ -153,7 +154,6 @@ def test_register_load_in_a_fresh_process_and_generate(tracking, params, train_d
     assert out["param_defaults"]["frames"] == 9
 
     # The same seeds in this process give the same dense maps (lossless) and decoded values.
-    torch.set_num_threads(1)
     model = load_udpdiff_parts(train_dir / "transformer", ModelSpec(tiny=TinySpec(seed=0)), device="cpu")
     guidance = params.udpdiff.sample.guidance_scale
     local_dense = [

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from vidprior.config import params_from_dict, params_to_yaml
@@ -27,6 +28,11 @@ KILL_AFTER = 2  # batches of 1 video
 
 CHILD = """
 import json, os, signal, sys
+
+import torch
+
+# The parent's thread count: the float kernels, and so the videos' bytes, depend on it.
+torch.set_num_threads(int(sys.argv[5]))
 from vidprior.config import load_params
 from vidprior.io.checkpoint import ChunkStore
 from vidprior.unic import videos
@@ -71,7 +77,9 @@ def test_killed_videos_stage_resumes_to_the_clean_result(params, images_dir, tmp
     out = tmp_path / "resumed"
     params_file = tmp_path / "params.yaml"
     params_file.write_text(params_to_yaml(params))
+    threads = str(torch.get_num_threads())
     command = [sys.executable, "-c", CHILD, str(params_file), str(images_dir), str(out), str(KILL_AFTER)]
+    command.append(threads)
     killed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / MANIFEST).exists()

@@ -17,6 +17,10 @@ from vidprior.seeding import item_seed
 from vidprior.stages import execute
 from vidprior.unic import images, videos
 
+# One thread: only then are the float kernels independent of the batch composition, which shards and
+# batch sizes change (on two threads one image in six came out one level off in a pixel).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [
     "a red fox running through snow",

@@ -28,6 +28,8 @@ from vidprior.udpdiff.captions import CaptionConfigError, finished_caption
 if TYPE_CHECKING:
     from conftest import ChatServer, Recorded
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV = "VIDPRIOR_TEST_CAPTION_KEY"
 SECRET = "sk-caption-test-91b2SECRET"
@@ -53,12 +55,8 @@ SOURCE_FRAMES = 6
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_and_key(monkeypatch: pytest.MonkeyPatch):
+def _key(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)
@@ -214,7 +212,6 @@ def test_finished_caption_collapses_whitespace_and_rejects_wordless_text():
 
 @pytest.fixture(scope="module")
 def tiny_llava() -> video_llava.VideoLlavaParts:
-    torch.set_num_threads(1)
     return video_llava.build_video_llava(ModelSpec(tiny=TinySpec(seed=0)))
 
 

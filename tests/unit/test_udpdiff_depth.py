@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from transformers import DepthAnythingForDepthEstimation
 
 from vidprior.config import Params, load_params
@@ -17,21 +16,15 @@ from vidprior.io.media import read_video, write_video
 from vidprior.models.depth_anything import DepthAnythingParts, build_depth_anything
 from vidprior.models.spec import ModelSpec, TinySpec
 from vidprior.udpdiff import clips as clips_stage
-from vidprior.udpdiff import depth
+from vidprior.udpdiff import depth, depth_parallax
 from vidprior.udpdiff import synthetic as synthetic_stage
 from vidprior.udpdiff.pixelplanes import decode_depth
 from vidprior.udpdiff.synthetic import load_truth, render_clip
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 HALF_BIN = 0.5 / 255
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_params(seed: int = 0, **depth_cfg) -> Params:
@@ -105,7 +98,7 @@ def test_parallax_recovers_the_depth_order_of_every_synthetic_clip(pipeline, par
 def test_a_static_camera_has_no_parallax_and_is_flat():
     frames = np.repeat(render_clip(tiny_params().udpdiff.synthetic, 3).frames[:1], 9, axis=0)
     cfg = tiny_params().udpdiff.depth
-    disparity = depth.parallax_disparity(frames, cfg.flow, cfg.parallax)
+    disparity = depth_parallax.parallax_disparity(frames, cfg.flow, cfg.parallax)
     assert disparity.shape == frames.shape[:3] and not disparity.any()
     with pytest.raises(depth.FlatDepth, match="percentile"):
         depth.to_depth(disparity, 1, 99, 1e-3)
@@ -115,10 +108,10 @@ def test_dominant_motion_is_the_median_direction_of_the_moving_pixels():
     flows = np.zeros((2, 8, 8, 2), np.float32)
     flows[..., 0], flows[..., 1] = 3.0, -4.0  # |v| = 5 everywhere ...
     flows[:, :2] = 0.0  # ... except a static quarter, which must not pull the direction
-    direction, top = depth.dominant_motion(flows)
+    direction, top = depth_parallax.dominant_motion(flows)
     np.testing.assert_allclose(direction, [0.6, -0.8], atol=1e-6)
     assert top == pytest.approx(5.0)
-    assert depth.dominant_motion(np.zeros((1, 4, 4, 2)))[1] == 0.0
+    assert depth_parallax.dominant_motion(np.zeros((1, 4, 4, 2)))[1] == 0.0
 
 
 # --------------------------------------------------------------------------- temporal consistency

@@ -23,15 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FRAMES, HEIGHT, WIDTH, FPS = 9, 32, 48, 8
 TOKENS = 64  # the tiny T5 tokenizer is nearly one token per character
 
-
-# Module scope: the module's fixtures (trained runs compared with in-test runs) then see one thread too,
-# and float reductions, hence the histories, do not depend on the fixture order.
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_dataset(

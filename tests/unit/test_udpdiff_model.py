@@ -16,16 +16,10 @@ from vidprior.udpdiff.model import (
     widen_from_base,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # fp32 on CPU: a zero half adds exact zeros, so the halves match to rounding of identical kernels.
 ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _small_config(**overrides) -> dict:

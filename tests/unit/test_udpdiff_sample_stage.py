@@ -21,6 +21,8 @@ from vidprior.udpdiff.entity_colours import decode_generated_segmentation
 from vidprior.udpdiff.model import TASKS, widen_from_base
 from vidprior.udpdiff.pixelplanes import decode_depth
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ModelSpec(tiny=TinySpec(seed=0))
 CAPTIONS = {
@@ -28,14 +30,6 @@ CAPTIONS = {
     "synth00001.1": "Two green spheres bounce in front of a striped wall.",
     "synth00002.0": "A blue cylinder rolls towards the camera.",
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_train_dir(root: Path) -> Path:

@@ -14,17 +14,11 @@ from vidprior.udpdiff import sampler
 from vidprior.udpdiff.model import TASKS, split_latent, widen_from_base
 from vidprior.unic.images import to_uint8
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = dict(steps=2, frames=9, height=32, width=48)
 SPEC = ModelSpec(tiny=TinySpec(seed=0))
 PROMPTS = ["a red ball rolls across a table", "a dog runs on the beach"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _model(task_scale: float = 0.0, with_base: bool = False) -> sampler.UDPDiffModel:

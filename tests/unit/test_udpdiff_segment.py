@@ -17,24 +17,18 @@ from vidprior.io.media import read_video, write_video
 from vidprior.models.spec import ModelSpec, TinySpec
 from vidprior.seeding import item_seed
 from vidprior.udpdiff import clips as clips_stage
-from vidprior.udpdiff import segment
+from vidprior.udpdiff import segment, segment_classical
 from vidprior.udpdiff import synthetic as synthetic_stage
 from vidprior.udpdiff.pixelplanes import decode_segmentation, palette_from_json
 from vidprior.udpdiff.synthetic import COLOURS, load_truth, render_clip
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROOT = Path(__file__).resolve().parents[2]
 # Worst frame of a clip, per entity, after one-to-one matching, on exact (lossless) synthetic frames:
 # measured min 0.846 at 32x48 (40 scenes), 0.854 at 48x72 (30), 0.918 at 64x96 (40).
 MIN_IOU = 0.88
 SIZE = dict(frames=9, height=64, width=96)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def stage_params(**segment_cfg) -> Params:
@@ -133,9 +127,9 @@ def test_cleaning_rejects_non_integer_ids():
 
 def test_colour_modes_are_the_shapes_colours():
     clip = render_clip(SyntheticDenseParams(**SIZE, max_entities=3), seed=11)
-    background, colours = segment.colour_modes(clip.frames[0], segment.SegmentParams().classical)
+    background, colours = segment_classical.colour_modes(clip.frames[0], segment.SegmentParams().classical)
     assert np.hypot(*background) < 15  # the dull background is near grey
-    truth = segment.chroma(np.array([COLOURS[e.colour] for e in clip.entities], dtype=np.uint8))
+    truth = segment_classical.chroma(np.array([COLOURS[e.colour] for e in clip.entities], dtype=np.uint8))
     assert len(colours) == len(clip.entities)
     # Each mode is near exactly one true colour (the shapes' texture moves the mean a little).
     distance = np.hypot(*(colours[:, None, :] - truth[None, :, :]).transpose(2, 0, 1))
@@ -148,7 +142,7 @@ def test_labels_warp_along_the_flow_and_snap_to_colours():
     labels[2:4, 2:4] = 1
     flow_back = np.zeros((8, 10, 2), dtype=np.float32)
     flow_back[..., 0] = -3.0  # everything moved 3 px right
-    warped = segment.warp_labels(labels, flow_back)
+    warped = segment_classical.warp_labels(labels, flow_back)
     np.testing.assert_array_equal(warped, np.roll(labels, 3, axis=1))
 
     entity_colour = np.array([0, 1, 2])  # entity 1 has colour 1, entity 2 colour 2
@@ -156,7 +150,7 @@ def test_labels_warp_along_the_flow_and_snap_to_colours():
     colour_index[2:4, 4:8] = 1  # colour 1 reaches one pixel past the warped entity ...
     colour_index[7, 9] = 1  # ... and appears far away: something new
     colour_index[2, 6] = 2  # a pixel of another colour, where no entity of that colour is
-    snapped = segment.snap_to_colours(warped, colour_index, entity_colour, radius=2.0)
+    snapped = segment_classical.snap_to_colours(warped, colour_index, entity_colour, radius=2.0)
     expected = np.zeros_like(labels)
     expected[2:4, 4:8] = 1
     expected[2, 6] = 0

@@ -24,18 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_udpdiff_encode import make_dataset  # noqa: E402
 from test_udpdiff_encode import params_with as encode_params  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, EVERY, PARTIAL = 24, 8, 16
-
-
-# Module scope: the module's fixtures (trained runs compared with in-test runs) then see one thread too,
-# and float reductions, hence the histories, do not depend on the fixture order.
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_latents(root: Path, clips: int = 2) -> Path:

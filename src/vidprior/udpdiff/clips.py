@@ -149,6 +149,26 @@ def process_clip(clip: PandaClip, root: Path, output_dir: Path, params: Params) 
     )
 
 
+def clip_items(inputs: Sequence[Path | str] | None) -> pd.DataFrame:
+    """(id, clip_path) of every clip of a `udpdiff.clips` output (inputs[0]), for the labelling stages."""
+    from vidprior.io.manifest import MANIFEST
+    from vidprior.unic.stage_inputs import read_input_manifest
+
+    manifest = read_input_manifest(inputs, 0, STAGE, required=["clip_path"])
+    bad = [
+        str(i)
+        for i, p in zip(manifest["id"], manifest["clip_path"], strict=True)
+        if not isinstance(p, str) or not p.strip()
+    ]
+    if bad:
+        raise ValueError(
+            f"{input_dir(inputs, 0, STAGE) / MANIFEST}: column 'clip_path' must hold the clip file "
+            f"(relative to the clips directory) for every row; empty or not a string for id(s) {bad[:5]} "
+            f"({len(bad)} in all)"
+        )
+    return pd.DataFrame({"id": manifest["id"].astype(str), "clip_path": list(manifest["clip_path"])})
+
+
 def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -> dict[str, float]:
     """inputs: [Panda-70M source dir]. Writes clips/{id}.mp4, manifest.parquet and rejects.parquet."""
     cfg = params.udpdiff.panda
