@@ -7,8 +7,10 @@ item, so sharding and resuming never change an output; it is recorded in the ite
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported on use: the data stages that only need seeds skip its 1.5 s import
+    import torch
 
 SEED_BITS = 31  # fits every framework's seed type (numpy, torch, int32 configs)
 
@@ -20,4 +22,6 @@ def item_seed(run_seed: int, purpose: str, item_id: str) -> int:
 
 def generators(seeds: list[int]) -> list[torch.Generator]:
     """One CPU generator per item: diffusers draws each item's noise from its own generator."""
+    import torch
+
     return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]

@@ -87,7 +87,8 @@ def test_local_repro_writes_outputs_and_nested_mlflow_runs(fresh_clone):
 
     manifest = pd.read_parquet(clone / OUT / "manifest.parquet")
     rejects = pd.read_parquet(clone / OUT / "rejects.parquet")
-    assert len(manifest) == 32 and set(manifest["id"]).isdisjoint(rejects["id"])
+    max_prompts = yaml.safe_load((clone / "params.yaml").read_text())["unic"]["prompts"]["max_prompts"]
+    assert len(manifest) == max_prompts and set(manifest["id"]).isdisjoint(rejects["id"])
     if committed is not None:  # the committed lock's outputs are reproduced bit for bit
         reproduced = _out_hashes(clone / "dvc.lock")
         assert set(reproduced) == set(committed)
@@ -96,7 +97,7 @@ def test_local_repro_writes_outputs_and_nested_mlflow_runs(fresh_clone):
     images = pd.read_parquet(clone / "data/unic/images/manifest.parquet")
     labels = pd.read_parquet(clone / LABELS / "manifest.parquet")
     unlabelled = pd.read_parquet(clone / LABELS / "rejects.parquet")
-    assert len(images) == 2 * 32  # max_prompts x per_prompt of params.yaml
+    assert len(images) == 2 * max_prompts  # max_prompts x per_prompt of params.yaml
     assert sorted(labels["id"].tolist() + unlabelled["id"].tolist()) == sorted(images["id"])
     assert (clone / "data/unic/validation/report/labels.json").exists()
     assert (clone / "data/unic/review/report/index.html").exists()
