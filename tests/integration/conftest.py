@@ -26,3 +26,13 @@ def tracking(tmp_path, monkeypatch) -> str:
     monkeypatch.delenv("VIDPRIOR_PARENT_RUN_ID", raising=False)
     monkeypatch.setenv("VIDPRIOR_HOME", str(tmp_path / "home"))
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def registry_tracking(tracking, monkeypatch) -> str:
+    """`tracking` as the process's MLflow store (registry included), with the hub offline: what a
+    registered model loaded by URI in a fresh process sees."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tracking

@@ -68,17 +68,6 @@ CHILD = textwrap.dedent(
 
 
 @pytest.fixture
-def tracking(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("VIDPRIOR_PARENT_RUN_ID", raising=False)
-    monkeypatch.setenv("VIDPRIOR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return uri
-
-
-@pytest.fixture
 def params():
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     # One prompt per pipeline call, as the in-process comparison below: batching changes float rounding.
@@ -127,7 +116,7 @@ def run_child(tmp_path: Path) -> dict:
 
 
 @pytest.mark.usefixtures("one_torch_thread")  # the child runs on one thread: the same float kernels
-def test_register_load_in_a_fresh_process_and_generate(tracking, params, train_dir, tmp_path):
+def test_register_load_in_a_fresh_process_and_generate(registry_tracking, params, train_dir, tmp_path):
     registered = log_udpdiff_model(train_dir, params, lineage={"dvc_data_hash": "abc.dir"})
     assert (registered.name, registered.version, registered.alias) == (MODEL_NAME, "1", CHALLENGER)
 
@@ -197,6 +186,6 @@ def test_settings_reject_unknown_params_and_tasks(params, train_dir, tmp_path):
         model.rows(pd.DataFrame({"text": ["a"]}), "depth")
 
 
-def test_registering_a_directory_without_training_outputs_fails_clearly(tracking, params, tmp_path):
+def test_registering_a_directory_without_training_outputs_fails_clearly(registry_tracking, params, tmp_path):
     with pytest.raises(ValueError, match="udpdiff.json: not found"):
         log_udpdiff_model(tmp_path, params)

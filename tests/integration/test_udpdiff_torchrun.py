@@ -9,12 +9,12 @@ uninterrupted 2-rank run's loss history and transformer exactly.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from torchrun_launch import torchrun as launch
 
 from vidprior.config import params_to_yaml
 from vidprior.training import engine as ds
@@ -29,53 +29,11 @@ STEPS, EVERY = 6, 2
 KILL_TAG = ds.tag_for(4)
 WEIGHTS = Path(train.TRANSFORMER_DIR) / "diffusion_pytorch_model.safetensors"
 
-CHILD = """
-import os, signal, sys
-from vidprior.training import engine
-from vidprior.udpdiff import train
-
-kill_tag = sys.argv.pop(1)
-original = engine._write_latest
-
-
-def write_latest(ckpt_dir, tag):
-    if tag == kill_tag:  # the checkpoint's files are complete; `latest` still names the previous one
-        os.kill(os.getpid(), signal.SIGKILL)
-    original(ckpt_dir, tag)
-
-
-engine._write_latest = write_latest
-sys.exit(train.main(sys.argv[1:]))
-"""
+MODULE = "vidprior.udpdiff.train"
 
 
 def torchrun(tmp: Path, latents: Path, params_file: Path, out: Path, kill_tag: str | None = None):
-    if kill_tag is None:
-        entry = ["-m", "vidprior.udpdiff.train"]
-    else:
-        script = tmp / "killed_child.py"
-        script.write_text(CHILD, encoding="utf-8")
-        entry = [str(script), kill_tag]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        *entry,
-        str(latents),
-        "--output",
-        str(out),
-        "--params",
-        str(params_file),
-    ]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp)
-    metrics = None
-    for line in proc.stdout.splitlines():
-        if line.startswith("METRICS "):
-            metrics = json.loads(line.removeprefix("METRICS "))
-    return proc, metrics
+    return launch(tmp, MODULE, [latents], params_file, out, kill_tag=kill_tag)
 
 
 @pytest.fixture(scope="module")

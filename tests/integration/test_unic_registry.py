@@ -78,19 +78,6 @@ CHILD = textwrap.dedent(
 
 
 @pytest.fixture
-def tracking(tmp_path, monkeypatch) -> str:
-    """A fresh sqlite store in tmp_path (cwd too: a sqlite store's default artifact root is ./mlruns)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.delenv("VIDPRIOR_PARENT_RUN_ID", raising=False)
-    monkeypatch.setenv("VIDPRIOR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return uri
-
-
-@pytest.fixture
 def params():
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["unic"]["images"].update(height=SIZE, width=SIZE, steps=STEPS)
@@ -161,7 +148,7 @@ def test_lambda_precedence():
         resolve_lambda(table, None, "nope")
 
 
-def test_register_load_generate(tracking, params, tmp_path, single_thread):
+def test_register_load_generate(registry_tracking, params, tmp_path, single_thread):
     parts = build_sd15(ModelSpec(tiny=TinySpec(seed=0)))
     classifier = build_classifier(parts.unet)
     with torch.no_grad():
@@ -177,7 +164,7 @@ def test_register_load_generate(tracking, params, tmp_path, single_thread):
     first = log_unic_model(head_dir, params, lineage=lineage)
     assert (first.name, first.version, first.model_uri) == (MODEL_NAME, "1", "models:/unic/1")
 
-    client = mlflow.MlflowClient(tracking_uri=tracking)
+    client = mlflow.MlflowClient(tracking_uri=registry_tracking)
     version = client.get_model_version_by_alias(MODEL_NAME, CHALLENGER)
     assert str(version.version) == "1" and version.run_id == first.run_id  # an int from sqlite
     assert set(LINEAGE_TAGS) <= set(version.tags)

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from transformers import DepthAnythingForDepthEstimation
+from udpdiff_inputs import clips_dir
 
 from vidprior.config import Params, load_params
 from vidprior.io.manifest import read_manifest, read_rejects, write_manifest
-from vidprior.io.media import read_video, write_video
+from vidprior.io.media import read_video
 from vidprior.models.depth_anything import DepthAnythingParts, build_depth_anything
 from vidprior.models.spec import ModelSpec, TinySpec
 from vidprior.udpdiff import clips as clips_stage
@@ -58,21 +59,6 @@ def parallax_runs(pipeline, tmp_path_factory) -> dict[int, tuple[Path, dict]]:
 def mean_depth_per_id(values: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids = np.unique(masks)
     return ids, np.array([values[masks == i].mean() for i in ids])
-
-
-def clips_dir(root: Path, clips: dict[str, np.ndarray | bytes | None], fps: int = 8) -> Path:
-    """A `udpdiff.clips`-shaped output: lossless clips (exact frames), raw bytes, or no file (None)."""
-    rows = []
-    for clip_id, content in clips.items():
-        path = f"clips/{clip_id}.mp4"
-        if isinstance(content, np.ndarray):
-            write_video(root / path, content, fps, lossless=True)
-        elif isinstance(content, bytes):
-            (root / "clips").mkdir(parents=True, exist_ok=True)
-            (root / path).write_bytes(content)
-        rows.append({"id": clip_id, "clip_path": path})
-    write_manifest(pd.DataFrame(rows), root)
-    return root
 
 
 # --------------------------------------------------------------------------- parallax on the synthetic source

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
+from udpdiff_inputs import clips_dir
 
 from vidprior.config import Params, SyntheticDenseParams, load_params
 from vidprior.io.manifest import read_manifest, read_rejects, write_manifest
-from vidprior.io.media import read_video, write_video
+from vidprior.io.media import read_video
 from vidprior.models.spec import ModelSpec, TinySpec
 from vidprior.seeding import item_seed
 from vidprior.udpdiff import clips as clips_stage
@@ -41,21 +42,6 @@ def classical_params(height: int, width: int, **extra) -> Params:
     flow = {"backend": "dis", "analysis_height": height, "analysis_width": width}
     base = stage_params().udpdiff.segment
     return stage_params(backend="classical", flow=base.flow.model_copy(update=flow), **extra)
-
-
-def clips_dir(root: Path, clips: dict[str, np.ndarray | bytes | None], fps: int = 8) -> Path:
-    """A `udpdiff.clips`-shaped output: lossless clips (exact frames), raw bytes, or no file (None)."""
-    rows = []
-    for clip_id, content in clips.items():
-        path = f"clips/{clip_id}.mp4"
-        if isinstance(content, np.ndarray):
-            write_video(root / path, content, fps, lossless=True)
-        elif isinstance(content, bytes):
-            (root / "clips").mkdir(parents=True, exist_ok=True)
-            (root / path).write_bytes(content)
-        rows.append({"id": clip_id, "clip_path": path})
-    write_manifest(pd.DataFrame(rows), root)
-    return root
 
 
 def matched_ious(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

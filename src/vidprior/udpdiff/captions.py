@@ -124,14 +124,12 @@ class VideoLlavaCaptioner:
     """`models.video_llava` through transformers, on the GPU when there is one."""
 
     def __init__(self, params: Params) -> None:
-        import torch
-
+        from vidprior.models.loading import default_device
         from vidprior.models.video_llava import build_video_llava
 
         self.cfg = params.udpdiff.captions
         self.parts = build_video_llava(params.models.video_llava)
-        if torch.cuda.is_available():
-            self.parts.model.to("cuda")
+        self.parts.model.to(default_device())
 
     def caption(self, frames_list, short_captions, content_hashes) -> list[CaptionResult]:
         from vidprior.models.video_llava import generate_captions

@@ -45,6 +45,7 @@ nothing to learn; a static camera under "parallax").
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -240,14 +241,13 @@ class DepthAnythingEstimator:
 
 
 def _build_depth_anything(params: Params) -> DepthAnythingEstimator:
-    import torch
-
     from vidprior.models.depth_anything import build_depth_anything
+    from vidprior.models.loading import default_device
     from vidprior.unic.generation import quiet_library_logs
 
     quiet_library_logs()
     parts = build_depth_anything(params.models.depth_anything)
-    parts.model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    parts.model.to(default_device())
     return DepthAnythingEstimator(parts, params.udpdiff.depth.batch_frames)
 
 
@@ -348,13 +348,8 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
     items = clip_items(inputs)
     entry = estimator_entry(cfg.backend)
     model_id = entry.model_id(params)
-    built: list[VideoDepthEstimator] = []
-
-    def estimator() -> VideoDepthEstimator:
-        # Built on the first clip that needs it, so a finished rerun loads no model.
-        if not built:
-            built.append(entry.build(params))
-        return built[0]
+    # Built on the first clip that needs it, so a finished rerun loads no model.
+    estimator = functools.cache(lambda: entry.build(params))
 
     result = run_batches(
         items,

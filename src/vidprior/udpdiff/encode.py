@@ -39,6 +39,7 @@ import torch
 from vidprior.config import Params
 from vidprior.io.atomic import atomic_path
 from vidprior.io.media import MediaError, file_sha256, read_video
+from vidprior.models.loading import default_device
 from vidprior.unic.generation import fingerprint, finish_stage, kept_table, ok, rejected, run_batches
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
 
@@ -303,7 +304,7 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
     items = dataset[["id", *REQUIRED_COLUMNS]].astype({"id": str})
     quiet_library_logs()  # encode_prompt warns on every truncated caption; they are counted instead
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     encoder: list[Encoder] = []  # loaded on the first batch that is not already checkpointed
 
     def process(batch: pd.DataFrame) -> list[dict]:

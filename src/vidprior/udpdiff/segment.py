@@ -31,6 +31,7 @@ device memory on the clip).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -187,13 +188,12 @@ class Models:
 
 def load_models(params: Params) -> Models:
     """Both labellers, on the GPU when there is one."""
-    import torch
-
     from vidprior.models.entity_segmentation import build_entity_segmenter, build_sam2_video
+    from vidprior.models.loading import default_device
     from vidprior.unic.generation import quiet_library_logs
 
     quiet_library_logs()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     segmenter = build_entity_segmenter(params.models.entity_segmenter)
     propagator = build_sam2_video(params.models.sam2)
     segmenter.model.to(device)
@@ -332,12 +332,8 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
     started = time.perf_counter()
     root = input_dir(inputs, 0, "udpdiff.clips")
     items = clip_items(inputs)
-    loaded: list[Models] = []
-
-    def models() -> Models:  # loaded on the first batch that needs them, so a finished rerun loads none
-        if not loaded:
-            loaded.append(load_models(params))
-        return loaded[0]
+    # Loaded on the first batch that needs them, so a finished rerun loads none.
+    models = functools.cache(lambda: load_models(params))
 
     segmenter, propagator = _provenance(params)
     result = run_batches(
