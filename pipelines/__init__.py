@@ -5,9 +5,13 @@ Each pipeline module has a factory `build_<name>_pipeline(params)` so that the d
 files, never from the code. `pipelines.compile.compile_all` compiles them all to KFP IR YAML.
 """
 
+from pathlib import Path
+
 import yaml
 
 from vidprior.config import Params
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _OneLineDumper(yaml.SafeDumper):
@@ -40,3 +44,18 @@ def params_yaml_default(params: Params) -> str:
     if "\n" in text:  # pragma: no cover - the dumper above never breaks lines
         raise ValueError("params do not fit on one YAML line")
     return text
+
+
+def policy_yaml(params: Params, model: str) -> str:
+    """The promotion policy of `model` (`<registry.policies_dir>/<model>.yaml`) as text, embedded in
+    the compiled pipeline: a run promotes by the policy it was compiled with, whatever the image holds.
+
+    A relative `policies_dir` is read from this checkout (pipelines are compiled from the repository,
+    which holds `mlflow/policies/`), not from VIDPRIOR_HOME, which names where stages keep their data.
+    """
+    from vidprior.registry.promote import load_policy
+
+    directory = Path(params.registry.policies_dir)
+    path = (directory if directory.is_absolute() else REPO_ROOT / directory) / f"{model}.yaml"
+    load_policy(path)  # a broken policy fails the compile, not a run hours later
+    return path.read_text(encoding="utf-8")

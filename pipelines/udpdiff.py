@@ -8,6 +8,7 @@ Shape (the MLflow parent run around the stages: `pipelines.tracked`):
           ─> caption-clips ──┐
           ─> segment-entities ├─> build-dense-dataset ─> encode-latents ─> train-udpdiff ─> sample-udpdiff
           ─> estimate-depth ─┘                                                    └> register-udpdiff-model
+        sample-udpdiff + register-udpdiff-model ─> evaluate-udpdiff ─> promote-model
       exit task: close-mlflow-run (always runs)
 
 The source is chosen when the pipeline is compiled: `udpdiff.panda.source_uri` (e.g. an object-store
@@ -15,8 +16,12 @@ prefix holding the Panda-70M CSV and its downloaded clips) is imported as a Data
 generates the synthetic source (moving shapes with exact masks and depth) instead, as the local run does.
 The three labellers read the same clips and run side by side. Training waits for the dense-data suites
 (`build-dense-dataset` fails on a failed suite). On the paper profile every model task gets one GPU and
-the labellers run in the label image; multi-GPU training (8 x A100 in the paper) is launched as a
-training job by the production path, not by this single-pod task.
+the labellers run in the label image. Training follows `udpdiff.train.launcher`: in process (the tiny
+profile) or, on the paper profile, a PyTorchJob of 1 node x 8 GPUs (the paper's 8 x A100) that the
+train step creates, follows and waits for (`vidprior.kube`). `evaluate-udpdiff` samples the base
+CogVideoX on the UDPDiff samples' prompts and seeds and scores both (SC, BC, MS, FVD, depth delta1/RMSE,
+written as tags of the registered version); `promote-model` moves `champion` to the version when it
+beats the champion under `mlflow/policies/udpdiff.yaml`, embedded when compiling.
 """
 
 from kfp import dsl
@@ -24,14 +29,17 @@ from kfp.dsl import Dataset, graph_component
 
 from components.data.panda_clips import select_panda_clips
 from components.data.synthetic_panda import make_synthetic_panda
+from components.evaluate.udpdiff_evaluate import evaluate_udpdiff
 from components.evaluate.udpdiff_sample import sample_udpdiff
 from components.label.captions import caption_clips
 from components.label.depth import estimate_depth
 from components.label.segment import segment_entities
+from components.register.promote_model import promote_model
 from components.register.udpdiff_model import register_udpdiff_model
 from components.train.udpdiff import train_udpdiff
 from components.train.udpdiff_latents import encode_latents
 from components.validate.dense_dataset import build_dense_dataset
+from pipelines import policy_yaml
 from pipelines.tracked import Placement, closing_parent_run, tracked_pipeline
 from vidprior.config import Params
 
@@ -88,12 +96,28 @@ def build_udpdiff_pipeline(params: Params) -> graph_component.GraphComponent:
             ).outputs["output"]
 
             latents = place.gpu(encode_latents(dataset=dataset, **stage_args))
-            trained = place.gpu(
-                train_udpdiff(latents=latents.outputs["output"], **stage_args), params.images.train
+            trained = place.train(
+                train_udpdiff(latents=latents.outputs["output"], **stage_args), params.udpdiff.train.launcher
             )
             model = trained.outputs["model"]
-            place.gpu(sample_udpdiff(model=model, dataset=dataset, **stage_args))
-            place.base(register_udpdiff_model(model=model, **stage_args))
+            samples = place.gpu(sample_udpdiff(model=model, dataset=dataset, **stage_args))
+            registered = place.base(register_udpdiff_model(model=model, **stage_args))
+            evaluated = place.gpu(
+                evaluate_udpdiff(
+                    samples=samples.outputs["output"],
+                    dataset=dataset,
+                    registered=registered.outputs["output"],
+                    **stage_args,
+                )
+            )
+            place.base(
+                promote_model(
+                    family="udpdiff",
+                    evaluation=evaluated.outputs["output"],
+                    policy_yaml=policy_yaml(params, "udpdiff"),
+                    **stage_args,
+                )
+            )
 
     return tracked_pipeline(
         params,

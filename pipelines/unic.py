@@ -8,13 +8,17 @@ Shape (the MLflow parent run around the stages: `pipelines.tracked`):
           ─> ParallelFor(shards): generate-videos ─> merge-shards (videos)
           ─> measure-flow ─> judge-videos ─> join-labels ─> validate-unic-data
                                                         │     ─> train-classifier ─> sample-guided
-                                                        │                         └> register-unic-model
+                                                        │          └> register-unic-model ─> evaluate-unic
+                                                        │                                   ─> promote-model
                                                         └─> export-review
       exit task: close-mlflow-run (always runs)
 
 Every stage task logs a nested MLflow run; a shard task logs `<stage>[i/n]`. The generation stages
 (images, videos) fan out over `unic.shards` shards (GPU tasks on the paper profile); their outputs
 are gathered with `dsl.Collected` and merged (manifests, rejects and media) before the next stage.
+`evaluate-unic` samples SD->SVD and SD->PIA with and without the new classifier on the same seeds
+(Table I's metrics, written as tags of the registered version); `promote-model` moves `champion` to it
+when it beats the champion under `mlflow/policies/unic.yaml`, which is embedded when compiling.
 
 Extend it by adding stage tasks inside the exit handler of `unic_stages`, in stage order.
 """
@@ -28,12 +32,15 @@ from components.data.merge_shards import merge_shards
 from components.data.prompts import collect_prompts
 from components.data.videos import generate_videos
 from components.evaluate.sample import sample_guided
+from components.evaluate.unic_evaluate import evaluate_unic
 from components.label.judge import judge_videos
 from components.label.labels import join_labels
 from components.label.review import export_review
+from components.register.promote_model import promote_model
 from components.register.unic_model import register_unic_model
 from components.train.classifier import train_classifier
 from components.validate.unic_data import validate_unic_data
+from pipelines import policy_yaml
 from pipelines.tracked import Placement, closing_parent_run, tracked_pipeline
 from vidprior.config import Params
 
@@ -107,11 +114,11 @@ def build_unic_pipeline(params: Params) -> graph_component.GraphComponent:
                 )
             )
             # Training waits for the data suites: a dataset that fails validation trains nothing.
-            trained = place.gpu(
+            trained = place.train(
                 train_classifier(
                     labels=labels.outputs["output"], images=images.outputs["output"], **stage_args
                 ),
-                params.images.train,
+                params.unic.train.launcher,
             )
             trained.after(validated)
             place.gpu(
@@ -119,7 +126,23 @@ def build_unic_pipeline(params: Params) -> graph_component.GraphComponent:
                     classifier=trained.outputs["model"], prompts=prompts.outputs["output"], **stage_args
                 )
             )
-            place.base(register_unic_model(classifier=trained.outputs["model"], **stage_args))
+            registered = place.base(register_unic_model(classifier=trained.outputs["model"], **stage_args))
+            evaluated = place.gpu(
+                evaluate_unic(
+                    classifier=trained.outputs["model"],
+                    prompts=prompts.outputs["output"],
+                    registered=registered.outputs["output"],
+                    **stage_args,
+                )
+            )
+            place.base(
+                promote_model(
+                    family="unic",
+                    evaluation=evaluated.outputs["output"],
+                    policy_yaml=policy_yaml(params, "unic"),
+                    **stage_args,
+                )
+            )
             place.base(
                 export_review(
                     labels=labels.outputs["output"],

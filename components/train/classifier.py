@@ -1,7 +1,7 @@
 """Component `train_classifier`: stage `unic.train` (the Uni-C classifier head, DeepSpeed)."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import BASE_IMAGE
 
@@ -13,12 +13,17 @@ def train_classifier(
     images: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
+    job_manifest: Output[Artifact],
     parent_run_id: str = "",
     mlflow_tracking_uri: str = "",
 ):
-    """Trains the classifier head on the frozen SD U-Net encoder (one process, DeepSpeed).
+    """Trains the classifier head on the frozen SD U-Net encoder with DeepSpeed.
 
-    Runs `vidprior.stages.execute("unic.train", ...)`, the same code as `vidprior unic train`.
+    Runs `vidprior.kube.launch.execute_training_step("unic.train", ...)`: with
+    `unic.train.launcher.kind: in_process` the same code as `vidprior unic train`, in this step; with
+    `pytorchjob` or `trainjob` the stage's torchrun entry point as a Kubeflow training job on
+    `launcher.nodes` x `launcher.gpus_per_node` GPUs, which this step creates, follows (its master log
+    streams into this step's log) and waits for, exchanging files through `kubernetes.checkpoints_pvc`.
 
     Args:
         params_yaml: The resolved params as YAML.
@@ -27,17 +32,19 @@ def train_classifier(
         model: Receives `head.safetensors`, `classifier.json`, `history.csv`, checkpoints and
             `report/training.png`.
         metrics: The stage metrics (final loss, held-out accuracy and AUC per timestep bucket).
+        job_manifest: The training job's manifest (YAML); in process, the PyTorchJob it would have been.
         parent_run_id: MLflow run to nest the stage run under; empty for a top-level run.
         mlflow_tracking_uri: MLflow tracking server; empty keeps the image's environment.
     """
-    from vidprior.stages import execute_for_component
+    from vidprior.kube.launch import execute_training_step
 
-    execute_for_component(
+    execute_training_step(
         "unic.train",
         params_yaml,
         [labels.path, images.path],
         model.path,
         metrics,
+        job_manifest.path,
         parent_run_id=parent_run_id,
         mlflow_tracking_uri=mlflow_tracking_uri,
     )

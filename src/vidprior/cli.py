@@ -27,14 +27,16 @@ udpdiff_app = typer.Typer(
 )
 params_app = typer.Typer(help="Inspect and check params files.", no_args_is_help=True)
 io_app = typer.Typer(help="Manifest utilities (shard merge).", no_args_is_help=True)
-pipelines_app = typer.Typer(help="Kubeflow pipelines: compile.", no_args_is_help=True)
+pipelines_app = typer.Typer(help="Kubeflow pipelines: compile, submit, schedule.", no_args_is_help=True)
 local_app = typer.Typer(help="The local pipeline (DVC) under one MLflow parent run.", no_args_is_help=True)
+registry_app = typer.Typer(help="MLflow model registry: champion/challenger promotion.", no_args_is_help=True)
 app.add_typer(unic_app, name="unic")
 app.add_typer(udpdiff_app, name="udpdiff")
 app.add_typer(params_app, name="params")
 app.add_typer(io_app, name="io")
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(local_app, name="local")
+app.add_typer(registry_app, name="registry")
 
 ParamsOption = typer.Option(
     [DEFAULT_PARAMS], "--params", "-p", help="Params file; repeat to overlay (e.g. params/paper.yaml)."
@@ -288,6 +290,33 @@ def unic_register(
     _execute("unic.register", params, [classifier], output, metrics, track)
 
 
+@unic_app.command("evaluate")
+def unic_evaluate(
+    classifier: Path = _dir("Output of `unic train` (holds head.safetensors)."),
+    prompts: Path = _dir("Output of `unic prompts`; its first `unic.evaluate.max_prompts` are sampled."),
+    registered: Path = _dir("Output of `unic register` (model.json): the version the results tag."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Uni-C Table I: each workflow guided and unguided on the same seeds, scored, tagged on the version."""
+    _execute("unic.evaluate", params, [classifier, prompts, registered], output, metrics, track)
+
+
+@unic_app.command("promote")
+def unic_promote(
+    evaluation: Path = _dir("Output of `unic evaluate` (holds evaluation.json: model and version)."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Alias `champion` to the evaluated version if it beats the champion (mlflow/policies/unic.yaml);
+    a refusal is recorded in promotion.json (metric `promoted` = 0), not a failure."""
+    _execute("unic.promote", params, [evaluation], output, metrics, track)
+
+
 @udpdiff_app.command("synthetic")
 def udpdiff_synthetic(
     output: Path = OutputOption,
@@ -412,6 +441,66 @@ def udpdiff_register(
     _execute("udpdiff.register", params, [model], output, metrics, track)
 
 
+@udpdiff_app.command("evaluate")
+def udpdiff_evaluate(
+    samples: Path = _dir("Output of `udpdiff sample`: the prompts, seeds and videos to compare."),
+    dataset: Path = _dir("Output of `udpdiff dataset`: reference clips (FVD) and depth labels."),
+    registered: Path = _dir("Output of `udpdiff register` (model.json): the version the results tag."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Base CogVideoX vs UDPDiff on the same prompts and seeds: SC/BC/MS, FVD, depth; tags the version."""
+    _execute("udpdiff.evaluate", params, [samples, dataset, registered], output, metrics, track)
+
+
+@udpdiff_app.command("promote")
+def udpdiff_promote(
+    evaluation: Path = _dir("Output of `udpdiff evaluate` (holds evaluation.json: model and version)."),
+    output: Path = OutputOption,
+    params: list[Path] = ParamsOption,
+    metrics: Path | None = MetricsOption,
+    track: bool = TrackOption,
+):
+    """Alias `champion` to the evaluated version if it beats the champion (mlflow/policies/udpdiff.yaml);
+    a refusal is recorded in promotion.json (metric `promoted` = 0), not a failure."""
+    _execute("udpdiff.promote", params, [evaluation], output, metrics, track)
+
+
+@registry_app.command("promote")
+def registry_promote(
+    model: str = typer.Argument(..., help="Registered model name (unic, udpdiff)."),
+    policy: Path | None = typer.Option(
+        None, "--policy", help="Promotion policy (default: mlflow/policies/MODEL.yaml of the project root)."
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking server (default: MLFLOW_TRACKING_URI, else embedded)."
+    ),
+    version: str | None = typer.Option(
+        None, "--version", help="Promote only if the challenger alias still holds this version."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+):
+    """Move alias `champion` to the `challenger` version if it beats the champion under the policy.
+
+    Exit 0: promoted or already champion. 1: refused (the reason is printed). 2: bad policy, unknown model.
+    """
+    from vidprior.registry.promote import PolicyError, PromotionError, load_policy, policy_path, promote
+    from vidprior.registry.promote import registry_client as make_client
+
+    try:
+        chosen = load_policy(policy if policy is not None else policy_path(model))
+        decision = promote(model, chosen, make_client(tracking_uri), version=version)
+    except (PolicyError, PromotionError) as exc:
+        typer.echo(f"registry promote: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(decision.to_dict(), indent=2, sort_keys=True) if as_json else decision.summary())
+    if not decision.ok:
+        typer.echo(f"refused: {decision.reason}", err=True)
+        raise typer.Exit(1)
+
+
 @params_app.command("show")
 def params_show(params: list[Path] = ParamsOption):
     """Print the resolved params (all files merged, defaults filled in)."""
@@ -450,6 +539,116 @@ def pipelines_compile(
 
     for path in compile_all(_load(params), output_dir):
         typer.echo(str(path))
+
+
+def _kfp_submission(pipeline: str, params: list[Path], overrides: list[str], package: Path | None, **fields):
+    """Params (files + `--set`) validated before anything is compiled or sent; exit 2 naming the key."""
+    from vidprior.registry.tracking import project_root
+
+    sys.path.insert(0, str(project_root()))
+    from pipelines.submit import Submission, resolve_params
+
+    try:
+        return Submission(
+            pipeline=pipeline, params=resolve_params(params, overrides), package=package, **fields
+        )
+    except ValueError as exc:  # ParamsError included
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+KfpPipeline = typer.Argument(..., help="Pipeline: unic or udpdiff.")
+KfpSet = typer.Option([], "--set", help="Params override KEY=VALUE (dotted key, YAML value); repeatable.")
+KfpPackage = typer.Option(
+    None, "--package", help="A compiled pipeline YAML (default: compile with the params)."
+)
+KfpHost = typer.Option(None, "--host", envvar="KF_PIPELINES_ENDPOINT", help="KFP API endpoint.")
+KfpNamespace = typer.Option(None, "--namespace", envvar="KF_PIPELINES_NAMESPACE", help="Profile namespace.")
+KfpToken = typer.Option(
+    None, "--token", envvar="KF_PIPELINES_TOKEN", help="Bearer token (else the pod's SA)."
+)
+KfpExperiment = typer.Option(None, "--experiment", help="KFP experiment (default: tracking.experiment).")
+KfpName = typer.Option(None, "--name", help="Run name (default: pipeline, profile and params digest).")
+KfpTracking = typer.Option(None, "--mlflow-tracking-uri", help="MLflow server the tasks log to.")
+KfpServiceAccount = typer.Option(None, "--service-account", help="Kubernetes service account of the run.")
+
+
+@pipelines_app.command("submit")
+def pipelines_submit(
+    pipeline: str = KfpPipeline,
+    params: list[Path] = ParamsOption,
+    overrides: list[str] = KfpSet,
+    package: Path | None = KfpPackage,
+    host: str | None = KfpHost,
+    namespace: str | None = KfpNamespace,
+    token: str | None = KfpToken,
+    experiment: str | None = KfpExperiment,
+    name: str | None = KfpName,
+    mlflow_tracking_uri: str | None = KfpTracking,
+    service_account: str | None = KfpServiceAccount,
+):
+    """Create one KFP run; the params (files + --set) become its `params_yaml` argument."""
+    submission = _kfp_submission(
+        pipeline,
+        params,
+        overrides,
+        package,
+        experiment=experiment,
+        name=name,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        service_account=service_account,
+    )
+    from pipelines.submit import KFP_ERRORS, connect, submit_run
+
+    try:
+        run_id = submit_run(connect(host, namespace, token), submission)
+    except KFP_ERRORS as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({"run_id": run_id, "name": submission.display_name()}))
+
+
+@pipelines_app.command("schedule")
+def pipelines_schedule(
+    pipeline: str = KfpPipeline,
+    cron: str = typer.Option(
+        ..., "--cron", help="5-field cron (or KFP's 6, seconds first), e.g. '0 3 * * SUN'."
+    ),
+    params: list[Path] = ParamsOption,
+    overrides: list[str] = KfpSet,
+    package: Path | None = KfpPackage,
+    host: str | None = KfpHost,
+    namespace: str | None = KfpNamespace,
+    token: str | None = KfpToken,
+    experiment: str | None = KfpExperiment,
+    name: str | None = KfpName,
+    mlflow_tracking_uri: str | None = KfpTracking,
+    service_account: str | None = KfpServiceAccount,
+):
+    """Create an enabled KFP recurring run (scheduled retraining): one at a time, no catch-up."""
+    submission = _kfp_submission(
+        pipeline,
+        params,
+        overrides,
+        package,
+        experiment=experiment,
+        name=name,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        service_account=service_account,
+    )
+    from pipelines.submit import KFP_ERRORS, connect, kfp_cron, schedule_run
+
+    try:
+        cron_expression = kfp_cron(cron)  # before connecting: a bad schedule never reaches the server
+        recurring_id = schedule_run(connect(host, namespace, token), submission, cron_expression)
+    except KFP_ERRORS as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        json.dumps(
+            {"recurring_run_id": recurring_id, "name": submission.display_name(), "cron": cron_expression}
+        )
+    )
 
 
 @local_app.command("repro")

@@ -32,6 +32,12 @@ class TrackingParams(StrictModel):
     experiment: str = "vidprior"
 
 
+class RegistryParams(StrictModel):
+    # Where the promotion policies (`<model>.yaml`) are; a relative path is taken from the project root
+    # (VIDPRIOR_HOME, else the directory above the cwd holding params.yaml), as images set it.
+    policies_dir: str = Field("mlflow/policies", min_length=1)
+
+
 class ImagesParams(StrictModel):
     base: str = "ghcr.io/vidprior/base:0.1.0"
     train: str = "ghcr.io/vidprior/train:0.1.0"
@@ -197,6 +203,39 @@ class ClassifierParams(StrictModel):
     text_condition: Literal["prompt", "empty"] = "prompt"
 
 
+class LauncherParams(StrictModel):
+    """Where a training stage runs (`vidprior.kube`): inside its own step (`in_process`: the local run,
+    DVC and kfp.local, exactly as `vidprior <domain> train`), or as a Kubeflow training job of `nodes` x
+    `gpus_per_node` that the step creates, follows and waits for: a PyTorchJob (training-operator v1) or
+    a TrainJob (Kubeflow Trainer v2). The job runs the stage's torchrun entry point on `images.train`
+    and exchanges inputs and outputs with the step through `kubernetes.checkpoints_pvc`."""
+
+    kind: Literal["in_process", "pytorchjob", "trainjob"] = "in_process"
+    nodes: int = Field(1, ge=1, le=512)
+    # torchrun --nproc-per-node and each node's `nvidia.com/gpu` limit; 0 runs one CPU process per
+    # node (gloo) without GPU placement, to smoke-test a cluster.
+    gpus_per_node: int = Field(1, ge=0, le=16)
+    # null: the step's own namespace (its service account's), "default" outside a cluster.
+    namespace: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    # null: the namespace's default service account.
+    service_account: str | None = Field(None, min_length=1)
+    # Requests and limits of each node besides its GPUs; null leaves them to the namespace defaults.
+    cpu_per_node: str | None = Field(None, pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    memory_per_node: str | None = Field(None, pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+    # The job's deadline (activeDeadlineSeconds, so the cluster frees its GPUs even when nobody waits)
+    # and how long the step waits for it; the step polls status and logs every `poll_s`.
+    timeout_s: float = Field(7 * 24 * 3600.0, gt=0)
+    poll_s: float = Field(10.0, gt=0)
+    # Each job's inputs, params and outputs, relative to `kubernetes.checkpoints_pvc.mount_path`.
+    work_dir: str = Field("vidprior-jobs", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    # TrainJob: the ClusterTrainingRuntime it instantiates.
+    runtime: str = Field("torch-distributed", min_length=1)
+    # A finished job and its pods (their logs) are deleted this long after it ends; null keeps them.
+    ttl_s: int | None = Field(86_400, ge=0)
+    # Lines of the master pod's log quoted when the job fails or times out.
+    log_tail_lines: int = Field(50, ge=1)
+
+
 class ClassifierTrainParams(StrictModel):
     steps: int = Field(20_000, ge=1)
     lr: float = Field(1e-5, gt=0)
@@ -211,6 +250,7 @@ class ClassifierTrainParams(StrictModel):
     eval_fraction: float = Field(0.1, gt=0, lt=1)
     # Held-out accuracy and AUC are reported per bucket of diffusion timesteps.
     timestep_buckets: int = Field(4, ge=1, le=1000)
+    launcher: LauncherParams = LauncherParams()
 
 
 class SampleParams(StrictModel):
@@ -224,6 +264,51 @@ class SampleParams(StrictModel):
     lambda_: float | None = Field(None, ge=0)
     # Also sample without guidance (same seeds), so every run reports guided vs unguided.
     with_baseline: bool = True
+
+
+# Per-video metric names of `vidprior.evaluate` (its PER_VIDEO_METRICS; fvd and depth_* are set metrics).
+VideoMetric = Literal[
+    "dynamic_degree",
+    "aesthetic_quality",
+    "imaging_quality",
+    "subject_consistency",
+    "background_consistency",
+    "motion_smoothness",
+    "clip_score",
+]
+
+
+def _distinct(name: str, values: list) -> None:
+    if len(set(values)) != len(values):
+        raise ValueError(f"'{name}' lists a value twice: {values}")
+
+
+class UnicEvaluateParams(StrictModel):
+    """Stage `unic.evaluate`: each workflow guided and unguided on the same prompts and seeds (Table I)."""
+
+    workflows: list[Literal["sd-svd", "sd-pia", "animatediff"]] = Field(
+        default_factory=lambda: ["sd-svd", "sd-pia"], min_length=1
+    )
+    # The first prompts of the prompts input (manifest order); each is sampled per workflow and variant.
+    max_prompts: int = Field(4, ge=1)
+    metrics: list[VideoMetric] = Field(
+        default_factory=lambda: ["dynamic_degree", "aesthetic_quality", "imaging_quality"], min_length=1
+    )
+    # Videos per checkpointed batch of a resumable run.
+    batch_size: int = Field(8, ge=1)
+    # Generation size, steps and frames of the evaluation; null keeps unic.images / unic.videos (the
+    # paper profile), so the evaluated videos are the ones `unic.sample` makes. The tiny run goes smaller.
+    height: int | None = Field(None, ge=8)
+    width: int | None = Field(None, ge=8)
+    image_steps: int | None = Field(None, ge=1)
+    video_steps: int | None = Field(None, ge=1)
+    frames: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> UnicEvaluateParams:
+        _distinct("workflows", self.workflows)
+        _distinct("metrics", self.metrics)
+        return self
 
 
 class GuidanceParams(StrictModel):
@@ -265,6 +350,7 @@ class UnicParams(StrictModel):
     train: ClassifierTrainParams = ClassifierTrainParams()
     guidance: GuidanceParams = GuidanceParams()
     sample: SampleParams = SampleParams()
+    evaluate: UnicEvaluateParams = UnicEvaluateParams()
     lambdas: GuidanceLambdas = GuidanceLambdas()
 
 
@@ -445,6 +531,7 @@ class UDPDiffTrainParams(StrictModel):
     long_caption_probability: float = Field(0.8, ge=0, le=1)
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    launcher: LauncherParams = LauncherParams()
 
     @model_validator(mode="after")
     def _offload_fits_stage(self) -> UDPDiffTrainParams:
@@ -485,6 +572,26 @@ class UDPDiffSampleParams(StrictModel):
         return self
 
 
+class UDPDiffEvaluateParams(StrictModel):
+    """Stage `udpdiff.evaluate`: the base CogVideoX vs UDPDiff on the samples' prompts and seeds."""
+
+    metrics: list[VideoMetric] = Field(
+        default_factory=lambda: ["subject_consistency", "background_consistency", "motion_smoothness"],
+        min_length=1,
+    )
+    # FVD of each set (CogVideoX, UDPDiff per task) against the dataset's clips.
+    fvd: bool = True
+    # The reference set of FVD: the dataset's first clips by id (all of them when fewer).
+    max_reference_clips: int = Field(1024, ge=1)
+    # Base-model videos per pipeline call, and per checkpoint of a resumable run.
+    batch_size: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> UDPDiffEvaluateParams:
+        _distinct("metrics", self.metrics)
+        return self
+
+
 class UDPDiffParams(StrictModel):
     synthetic: SyntheticDenseParams = SyntheticDenseParams()
     panda: PandaParams = PandaParams()
@@ -495,16 +602,184 @@ class UDPDiffParams(StrictModel):
     encode: UDPDiffEncodeParams = UDPDiffEncodeParams()
     train: UDPDiffTrainParams = UDPDiffTrainParams()
     sample: UDPDiffSampleParams = UDPDiffSampleParams()
+    evaluate: UDPDiffEvaluateParams = UDPDiffEvaluateParams()
+
+
+class PvcParams(StrictModel):
+    """A PersistentVolumeClaim mounted into tasks; `create: true` makes the pipeline create it first
+    (kfp-kubernetes `CreatePVC`), otherwise it must already exist in the run's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    mount_path: str = Field(pattern=r"^/")
+    create: bool = False
+    # Only read when `create` is true.
+    size: str = Field("1Ti", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$")
+    access_modes: list[Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
+        default_factory=lambda: ["ReadWriteMany"], min_length=1
+    )
+    # Required with `create`: kfp's CreatePVC sends "" for an unnamed class, which Kubernetes reads as
+    # "no class" (bind a pre-made volume), not as the cluster's default StorageClass.
+    storage_class: str | None = None
+
+    @model_validator(mode="after")
+    def _created_needs_class(self) -> PvcParams:
+        if self.create and not self.storage_class:
+            raise ValueError("'create: true' needs 'storage_class' (the StorageClass that provisions it)")
+        return self
+
+
+class SecretEnvParams(StrictModel):
+    """A Kubernetes secret whose data keys become environment variables of a task (key -> env var)."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    env: dict[str, str] = Field(min_length=1)
+    # false: a pod whose secret is missing does not start (the run fails at once, naming the secret).
+    optional: bool = False
+
+
+class MlflowSecretParams(SecretEnvParams):
+    """The MLflow tracking server's login and the artifact store's S3 keys (every task)."""
+
+    name: str = Field("vidprior-mlflow", min_length=1, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    env: dict[str, str] = Field(
+        default_factory=lambda: {
+            "username": "MLFLOW_TRACKING_USERNAME",
+            "password": "MLFLOW_TRACKING_PASSWORD",
+            "aws-access-key-id": "AWS_ACCESS_KEY_ID",
+            "aws-secret-access-key": "AWS_SECRET_ACCESS_KEY",
+        },
+        min_length=1,
+    )
+
+
+class EndpointSecretParams(StrictModel):
+    """The secret holding the OpenAI-compatible endpoints' API key. The env var it is exposed as is
+    not set here: each client task gets the `api_key_env` of the endpoint it calls (judge, captioner,
+    prompt LLM filter), so the two can never disagree."""
+
+    name: str = Field("vidprior-llm-endpoint", min_length=1, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    key: str = Field("api-key", min_length=1)
+    # true: a client task also starts without it (a keyless local vLLM, or an offline judge chosen at
+    # submission); the client then names the unset variable if the endpoint asks for a key.
+    optional: bool = True
+
+
+class TolerationParams(StrictModel):
+    key: str = "nvidia.com/gpu"
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None  # only with operator Equal
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
+
+    @model_validator(mode="after")
+    def _value_needs_equal(self) -> TolerationParams:
+        if self.operator == "Exists" and self.value is not None:
+            raise ValueError("'value' must be null with operator 'Exists' (Exists matches any value)")
+        return self
+
+
+class KubernetesParams(StrictModel):
+    """Cluster placement of the KFP tasks (kfp-kubernetes platform config, see pipelines.tracked)."""
+
+    # null follows the profile: on for "paper", off for "tiny" (kfp.local runs the tiny pipelines).
+    enabled: bool | None = None
+    # GPU tasks run on nodes whose label `gpu_product_key` is one of `gpu_products` (GPU feature
+    # discovery's label): one product compiles to a node selector, several to a node affinity `In`.
+    gpu_product_key: str = "nvidia.com/gpu.product"
+    gpu_products: list[str] = Field(
+        default_factory=lambda: ["NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"], min_length=1
+    )
+    gpu_tolerations: list[TolerationParams] = Field(default_factory=lambda: [TolerationParams()])
+    gpus_per_task: int = Field(1, ge=1, le=16)
+    # /dev/shm of GPU tasks: a memory-backed emptyDir (the container default of 64 MiB starves NCCL
+    # and DataLoader workers).
+    shm_size: str | None = Field("32Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+    # Datasets (VidProM, Panda-70M clips, the Hugging Face cache): every task. Checkpoints: GPU tasks.
+    datasets_pvc: PvcParams = PvcParams(name="vidprior-datasets", mount_path="/mnt/datasets")
+    checkpoints_pvc: PvcParams = PvcParams(name="vidprior-checkpoints", mount_path="/mnt/checkpoints")
+    mlflow_secret: MlflowSecretParams = MlflowSecretParams()
+    endpoint_secret: EndpointSecretParams = EndpointSecretParams()
+    # HF_HOME of every task: pretrained weights are downloaded once to the datasets volume, not per pod.
+    hf_home: str | None = Field("/mnt/datasets/huggingface", pattern=r"^/")
+
+    def applies(self, profile: str) -> bool:
+        """Whether tasks get cluster placement: `enabled`, or when null, the paper profile."""
+        return self.enabled if self.enabled is not None else profile == "paper"
+
+
+class DynamicDegreeParams(StrictModel):
+    """VBench Dynamic Degree (vidprior.evaluate.dynamic_degree); defaults are VBench's."""
+
+    # Every round(fps / target_fps)-th frame is kept, so every video is judged at about this rate.
+    target_fps: float = Field(8.0, gt=0)
+    # Per frame pair: the mean of the largest `top_fraction` of flow magnitudes.
+    top_fraction: float = Field(0.05, gt=0, le=1)
+    # A pair moves when that mean exceeds threshold_px * min(H, W) / reference_side (px at the video's size).
+    threshold_px: float = Field(6.0, gt=0)
+    reference_side: int = Field(256, ge=1)
+    # A video is dynamic when at least round(moving_pairs_per_16_frames * frames / 16) pairs move.
+    moving_pairs_per_16_frames: float = Field(4.0, gt=0)
+    # VBench uses RAFT; any vidprior.flow backend plugs in (a registered RAFT too).
+    flow_backend: str = "dis"
+
+
+class MotionSmoothnessParams(StrictModel):
+    """VBench Motion Smoothness (vidprior.evaluate.motion_smoothness). VBench interpolates with AMT-S;
+    "flow_midpoint" is its stand-in here: bidirectional optical flow, both neighbours warped to the
+    midpoint and blended."""
+
+    interpolator: Literal["flow_midpoint"] = "flow_midpoint"
+    flow_backend: str = "dis"
+
+
+class ImagingQualityParams(StrictModel):
+    # VBench's "longer" preprocessing: frames whose long side exceeds this are shrunk to it for MUSIQ.
+    max_side: int = Field(512, ge=16)
+
+
+class FVDParams(StrictModel):
+    # Frames sampled evenly over each video for the video backbone; null: the backbone's own count (16).
+    frames: int | None = Field(None, ge=1)
+    # Added to both covariance diagonals: a set smaller than the feature width has a singular covariance.
+    eps: float = Field(1e-6, ge=0)
+
+
+class EvaluateParams(StrictModel):
+    """Metrics of vidprior.evaluate (SPEC "Evaluation metrics"); the paper profile names VBench's models."""
+
+    # Aesthetic Quality: CLIP ViT-L/14 image tower + the LAION linear head (sa_0_4_vit_l_14_linear,
+    # a file: local path, or <hub repo id>/<file>).
+    aesthetic_clip: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
+    aesthetic_head: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
+    # Imaging Quality: MUSIQ weights in pyiqa's layout (a file: local path, or <hub repo id>/<file>).
+    musiq: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
+    # Subject Consistency: DINO ViT-B/16 (facebook/dino-vitb16).
+    dino: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
+    # Background Consistency and CLIP score: CLIP ViT-B/32 (openai/clip-vit-base-patch32).
+    clip: ModelSpec = ModelSpec(tiny=TinySpec(seed=0))
+    # FVD's video features: VideoMAE (MCG-NJU/videomae-base-finetuned-kinetics).
+    videomae: ModelSpec = ModelSpec(tiny=TinySpec(seed=1))
+    # Frames per forward pass of the image backbones.
+    batch_frames: int = Field(16, ge=1)
+    dynamic_degree: DynamicDegreeParams = DynamicDegreeParams()
+    motion_smoothness: MotionSmoothnessParams = MotionSmoothnessParams()
+    imaging_quality: ImagingQualityParams = ImagingQualityParams()
+    fvd: FVDParams = FVDParams()
+    # Depth delta1/RMSE: "scale_shift" fits the prediction to the reference (least squares, per video)
+    # first, the affine-invariant protocol of relative depth; "none" compares the values as they are.
+    depth_align: Literal["none", "scale_shift"] = "scale_shift"
 
 
 class Params(StrictModel):
     profile: Literal["tiny", "paper"]
     seed: int = Field(0, ge=0)
     tracking: TrackingParams = TrackingParams()
+    registry: RegistryParams = RegistryParams()
     images: ImagesParams = ImagesParams()
+    kubernetes: KubernetesParams = KubernetesParams()
     models: ModelsParams
     unic: UnicParams
     udpdiff: UDPDiffParams = UDPDiffParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
     def section(self, dotted: str) -> Any:
         node: Any = self

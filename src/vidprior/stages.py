@@ -10,8 +10,8 @@ import importlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidprior.config import Params, flatten
@@ -27,12 +27,25 @@ class Stage:
     run: Callable[..., dict[str, float]]  # run(params, inputs, output_dir[, shard])
     inputs: tuple[str, ...] = ()  # what each positional input directory is, in order
     shardable: bool = False  # accepts `shard=Shard` (generation stages fanned out on Kubeflow)
+    # Module `ARTIFACTS`: {MLflow artifact folder: path in the output dir}, logged besides the defaults.
+    artifacts: Mapping[str, str] = field(default_factory=dict)
+    # Module `after_tracked(run_id, output_dir)`: runs once the stage's MLflow run exists, e.g. to point
+    # a registered model version at the run that holds its evaluation.
+    after_tracked: Callable[[str, Path], None] | None = None
 
 
 def _stage(module: str, section: str, inputs: tuple[str, ...] = (), shardable: bool = False):
     def factory() -> Stage:
         stage_module = importlib.import_module(module)
-        return Stage(stage_module.STAGE, section, stage_module.run, inputs, shardable)
+        return Stage(
+            stage_module.STAGE,
+            section,
+            stage_module.run,
+            inputs,
+            shardable,
+            dict(getattr(stage_module, "ARTIFACTS", {})),
+            getattr(stage_module, "after_tracked", None),
+        )
 
     return factory
 
@@ -49,6 +62,8 @@ STAGES: dict[str, Callable[[], Stage]] = {
     "unic.train": _stage("vidprior.unic.train", "unic.train", ("labels", "images")),
     "unic.sample": _stage("vidprior.unic.sample", "unic.sample", ("train", "prompts")),
     "unic.register": _stage("vidprior.unic.register", "unic.classifier", ("train",)),
+    "unic.promote": _stage("vidprior.unic.promote", "registry", ("evaluation",)),
+    "unic.evaluate": _stage("vidprior.unic.evaluate", "unic.evaluate", ("train", "prompts", "registered")),
     "udpdiff.synthetic": _stage("vidprior.udpdiff.synthetic", "udpdiff.synthetic"),
     "udpdiff.clips": _stage("vidprior.udpdiff.clips", "udpdiff.panda", ("panda source",)),
     "udpdiff.captions": _stage("vidprior.udpdiff.captions", "udpdiff.captions", ("clips",)),
@@ -59,6 +74,10 @@ STAGES: dict[str, Callable[[], Stage]] = {
     "udpdiff.train": _stage("vidprior.udpdiff.train", "udpdiff.train", ("encode",)),
     "udpdiff.sample": _stage("vidprior.udpdiff.sample", "udpdiff.sample", ("train", "dataset")),
     "udpdiff.register": _stage("vidprior.udpdiff.register", "udpdiff.model", ("train",)),
+    "udpdiff.promote": _stage("vidprior.udpdiff.promote", "registry", ("evaluation",)),
+    "udpdiff.evaluate": _stage(
+        "vidprior.udpdiff.evaluate", "udpdiff.evaluate", ("samples", "dataset", "registered")
+    ),
 }
 # A stage's curve over steps (e.g. the training loss), logged as step-indexed MLflow metrics.
 HISTORY_FILE = "history.csv"
@@ -89,11 +108,13 @@ def execute(
     metrics_path: Path | None = None,
     parent_run_id: str | None = None,
     track: bool = True,
+    runner: Callable[..., dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Run a stage; write its reproducible metrics for DVC; log it as an MLflow run.
 
     A stage that raises is still logged (status FAILED, with whatever report it saved, e.g. a failed
-    validation suite) before the error propagates.
+    validation suite) before the error propagates. `runner(params, inputs, output_dir)` replaces the
+    stage's own `run` (a training stage launched as a Kubeflow job: `vidprior.kube.launch`), tracked alike.
     """
     if stage_name not in STAGES:
         raise ValueError(f"unknown stage {stage_name!r}; expected one of {sorted(STAGES)}")
@@ -108,7 +129,7 @@ def execute(
     track = track and _rank() == 0
     metrics_path = metrics_path if _rank() == 0 else None
     try:
-        metrics = stage.run(params, inputs, output_dir, **extra)
+        metrics = (runner or stage.run)(params, inputs, output_dir, **extra)
     except Exception as exc:
         if track:
             _log(stage, params, {}, output_dir, parent_run_id, shard, status="FAILED", error=str(exc))
@@ -118,7 +139,9 @@ def execute(
             Path(metrics_path), json.dumps(reproducible(metrics), indent=2, sort_keys=True) + "\n"
         )
     if track:
-        _log(stage, params, metrics, output_dir, parent_run_id, shard)
+        run_id = _log(stage, params, metrics, output_dir, parent_run_id, shard)
+        if stage.after_tracked is not None:
+            stage.after_tracked(run_id, output_dir)
     return metrics
 
 
@@ -140,7 +163,7 @@ def _log(stage, params, metrics, output_dir, parent_run_id, shard, status="FINIS
         tags["vidprior.shard"] = str(shard)
     if error:
         tags["vidprior.error"] = error[:5000]
-    log_stage(
+    return log_stage(
         stage.name if shard is None else f"{stage.name}[{shard}]",
         params.tracking.experiment,
         logged,
@@ -151,6 +174,7 @@ def _log(stage, params, metrics, output_dir, parent_run_id, shard, status="FINIS
             "rejects": output_dir / REJECTS,
             "manifest": output_dir / MANIFEST,
             REPORT_DIR: output_dir / REPORT_DIR,
+            **{name: output_dir / path for name, path in stage.artifacts.items()},
         },
         status=status,
         history=_history(output_dir / REPORT_DIR / HISTORY_FILE),
@@ -185,10 +209,12 @@ def execute_for_component(
     shard: str = "",
     parent_run_id: str = "",
     mlflow_tracking_uri: str = "",
+    runner: Callable[..., dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """What every KFP stage component does, kept here so the components stay one call thin.
 
     `metrics_artifact` is the component's `Output[Metrics]`; every stage metric is logged to it.
+    `runner`: see `execute`.
     """
     import os
 
@@ -211,6 +237,7 @@ def execute_for_component(
             Path(output_path),
             shard=Shard.parse(shard) if shard else None,
             parent_run_id=parent_run_id or None,
+            runner=runner,
         )
     finally:
         if previous_parent is None:

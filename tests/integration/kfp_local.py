@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -42,3 +43,24 @@ def parent_and_children(uri: str, experiment: str) -> tuple:
     assert len(parents) == 1, [r.info.run_name for r in parents]
     children = [r for r in logged if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     return parents[0], children
+
+
+def assert_evaluated_and_promoted(run_dir: Path, uri: str, model: str, evaluate_task: str, version) -> None:
+    """The evaluate task scored the registered version and wrote its table; the promote task moved
+    `champion` to it (a fresh registry has no champion, so the policy promotes the first version)."""
+    evaluated = run_dir / evaluate_task / "output"
+    evaluation = json.loads((evaluated / "evaluation.json").read_text())
+    assert (evaluation["model"], str(evaluation["version"])) == (model, str(version))
+    assert evaluation["candidate"] and evaluation["baseline"]
+    assert (evaluated / "table.md").read_text().count("\n") >= 3
+    promotion = json.loads((run_dir / "promote-model" / "output" / "promotion.json").read_text())
+    assert promotion["decision"] == "promoted" and promotion["ok"] is True, promotion
+    assert executor_metrics(run_dir / "promote-model")["promoted"] == 1.0
+
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias(model, "champion")
+    assert str(champion.version) == str(version)
+    tags = champion.tags
+    for key, value in evaluation["candidate"].items():
+        assert math.isclose(float(tags[f"eval.{key}"]), value, rel_tol=1e-6, abs_tol=1e-9), key
+    assert tags["promotion.decision"] == "promoted"

@@ -27,6 +27,8 @@ STAGES = [
     "unic.train",
     "unic.sample",
     "unic.register",
+    "unic.evaluate",
+    "unic.promote",
     "udpdiff.synthetic",
     "udpdiff.clips",
     "udpdiff.captions",
@@ -37,6 +39,8 @@ STAGES = [
     "udpdiff.train",
     "udpdiff.sample",
     "udpdiff.register",
+    "udpdiff.evaluate",
+    "udpdiff.promote",
 ]
 # The registries log each model in a run of their own, nested under the pipeline run too.
 MODEL_RUNS = ["udpdiff_register", "unic_register"]
@@ -113,9 +117,19 @@ def test_local_repro_writes_outputs_and_nested_mlflow_runs(fresh_clone):
     model_runs = [r for r in nested if r.info.run_name in MODEL_RUNS]
     assert sorted(r.info.run_name for r in model_runs) == MODEL_RUNS
     assert sorted(r.data.tags["vidprior.stage"] for r in nested if r not in model_runs) == sorted(STAGES)
+    client = mlflow.MlflowClient()
     for name in ("unic", "udpdiff"):
         registered = json.loads((clone / f"data/{name}/registered/model.json").read_text())
         assert registered["alias"] == "challenger" and registered["name"] == name
+        # make run ends evaluated (the paper's table, measured next to published) and, with no champion
+        # in a fresh registry, the policy promotes the first version.
+        table = (clone / f"data/{name}/evaluate/table.md").read_text()
+        assert "paper" in table.lower() and table.count("\n|") >= 3
+        promotion = json.loads((clone / f"data/{name}/promotion/promotion.json").read_text())
+        assert promotion["decision"] == "promoted", promotion
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert str(champion.version) == str(registered["version"])
+        assert champion.tags["promotion.decision"] == "promoted"
 
     # UDPDiff: every synthetic clip is in Panda-Dense or rejected with a reason; samples of both tasks.
     synthetic = yaml.safe_load((clone / "params.yaml").read_text())["udpdiff"]["synthetic"]

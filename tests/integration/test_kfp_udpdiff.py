@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 from kfp import compiler, components
-from kfp_local import ROOT, executor_metrics, parent_and_children, run_local
+from kfp_local import ROOT, assert_evaluated_and_promoted, executor_metrics, parent_and_children, run_local
 
 from pipelines.compile import compile_all
 from pipelines.udpdiff import PIPELINE_NAME, build_udpdiff_pipeline
@@ -28,6 +28,8 @@ STAGE_TASKS = {
     "build-dense-dataset",
     *MODEL_TASKS,
     "register-udpdiff-model",
+    "evaluate-udpdiff",
+    "promote-model",
 }
 STAGE_RUNS = [
     "udpdiff.synthetic",
@@ -41,6 +43,8 @@ STAGE_RUNS = [
     "udpdiff.sample",
     "udpdiff.register",
     "udpdiff_register",  # the registry's model-logging run
+    "udpdiff.evaluate",
+    "udpdiff.promote",
 ]
 
 
@@ -108,7 +112,7 @@ def test_paper_profile_imports_panda_and_puts_models_on_gpus(tmp_path):
         _with_images({**paper.model_dump(mode="json"), "images": data.get("images", {})})
     )
     compile_all(paper, tmp_path)
-    spec = yaml.safe_load((tmp_path / "udpdiff.yaml").read_text())
+    spec = next(yaml.safe_load_all((tmp_path / "udpdiff.yaml").read_text()))  # then the platform spec
     tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert "make-synthetic-panda" not in tasks
     (importer,) = [t for name, t in tasks.items() if name.startswith("importer")]
@@ -118,11 +122,25 @@ def test_paper_profile_imports_panda_and_puts_models_on_gpus(tmp_path):
     assert importer_spec["artifactUri"]["constant"] == paper.udpdiff.panda.source_uri
     clips_source = tasks["select-panda-clips"]["inputs"]["artifacts"]["source"]["taskOutputArtifact"]
     assert clips_source["producerTask"] == next(name for name in tasks if name.startswith("importer"))
-    for name in (*LABELLERS, *MODEL_TASKS):
+    for name in (*LABELLERS, "encode-latents", "sample-udpdiff", "evaluate-udpdiff"):
         resources = _executor_of(spec, tasks[name]["componentRef"]["name"])["resources"]
         assert resources["accelerator"]["resourceCount"] == "1"
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    for name in ("select-panda-clips", "build-dense-dataset", "register-udpdiff-model"):
+    # Training is a PyTorchJob of 1 x 8 GPUs on the paper profile: its pods hold the GPUs, the step
+    # that launches and follows it holds none, but mounts the checkpoints PVC it hands the job data on.
+    assert paper.udpdiff.train.launcher.kind == "pytorchjob"
+    train_executor = _executor_of(spec, tasks["train-udpdiff"]["componentRef"]["name"])
+    assert "resources" not in train_executor and train_executor["image"] == IMAGES["train"]
+    platform = list(yaml.safe_load_all((tmp_path / "udpdiff.yaml").read_text()))[1]
+    train_platform = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
+        spec["components"][tasks["train-udpdiff"]["componentRef"]["name"]]["executorLabel"]
+    ]
+    assert {m["mountPath"] for m in train_platform["pvcMount"]} == {
+        paper.kubernetes.datasets_pvc.mount_path,
+        paper.kubernetes.checkpoints_pvc.mount_path,
+    }
+    assert "nodeSelector" not in train_platform and "tolerations" not in train_platform
+    for name in ("select-panda-clips", "build-dense-dataset", "register-udpdiff-model", "promote-model"):
         assert "resources" not in _executor_of(spec, tasks[name]["componentRef"]["name"])
 
 
@@ -152,6 +170,8 @@ def test_local_run_end_to_end(params, tracking, tmp_path):
     assert set(samples["task"]) == set(params.udpdiff.sample.tasks)
     registered = json.loads((run_dir / "register-udpdiff-model" / "output" / "model.json").read_text())
     assert (registered["name"], registered["alias"]) == ("udpdiff", "challenger")
+
+    assert_evaluated_and_promoted(run_dir, tracking, "udpdiff", "evaluate-udpdiff", registered["version"])
 
     parent, children = parent_and_children(tracking, params.tracking.experiment)
     assert parent.info.status == "FINISHED"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kfp import compiler, components
 from kfp.dsl import Dataset, Metrics, PipelineTaskFinalStatus
-from kfp_local import ROOT, executor_metrics, run_local, runs
+from kfp_local import ROOT, assert_evaluated_and_promoted, executor_metrics, run_local, runs
 
 from components.data.prompts import collect_prompts
 from components.register.mlflow_run import close_mlflow_run, open_mlflow_run
@@ -42,6 +42,8 @@ STAGE_TASKS = {
     "train-classifier",
     "sample-guided",
     "register-unic-model",
+    "evaluate-unic",
+    "promote-model",
 }
 STAGE_PARAM = "unic.prompts.dedup.threshold"
 
@@ -149,7 +151,7 @@ def test_cli_compiles_with_the_repository_params(tmp_path, monkeypatch):
 def test_paper_profile_puts_generation_on_gpus(tmp_path):
     paper = load_params([ROOT / "params.yaml", ROOT / "params" / "paper.yaml"])
     compile_all(paper, tmp_path)
-    spec = yaml.safe_load((tmp_path / "unic.yaml").read_text())
+    spec = next(yaml.safe_load_all((tmp_path / "unic.yaml").read_text()))  # then the platform spec
     executors = spec["deploymentSpec"]["executors"]
     for name in (
         "exec-generate-images",
@@ -201,6 +203,9 @@ def test_local_run_end_to_end(params, tracking, tmp_path):
         "unlabelled"
     ] == len(image_ids)
 
+    registered = json.loads((run_dir / "register-unic-model" / "output" / "model.json").read_text())
+    assert_evaluated_and_promoted(run_dir, tracking, "unic", "evaluate-unic", registered["version"])
+
     all_runs = runs(tracking, params.tracking.experiment)
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
@@ -225,6 +230,8 @@ def test_local_run_end_to_end(params, tracking, tmp_path):
             "unic.sample",
             "unic.register",
             "unic_register",
+            "unic.evaluate",
+            "unic.promote",
         ]
     )
     assert all(r.info.status == "FINISHED" for r in children)

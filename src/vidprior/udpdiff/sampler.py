@@ -22,7 +22,8 @@ Noise: each sample draws its latent (and the scheduler's noise) from its own CPU
 with its seed, so a sample does not depend on the other samples of its batch.
 
 API for other stages and the registry: `load_udpdiff(train_dir)` (or `load_udpdiff_parts` from a
-transformer directory and the base `ModelSpec`), then `generate(model, prompts, tasks, seeds, ...)`.
+transformer directory and the base `ModelSpec`), then `generate(model, prompts, tasks, seeds, ...)`;
+`load_base(spec)` then `sample_base(model, prompts, seeds, ...)` for the base model alone.
 """
 
 from __future__ import annotations
@@ -431,6 +432,28 @@ def load_udpdiff(
             f"takes {model.transformer.config.in_channels} channels (expected 2 x {channels})"
         )
     return model
+
+
+def load_base(base_spec: ModelSpec, *, device: str | None = None) -> UDPDiffModel:
+    """The base CogVideoX alone, no fine-tune, for `sample_base`: the same pipeline class, scheduler
+    choice and per-sample seeding as UDPDiff's, so a comparison differs only in the transformer. It
+    samples with its own T5 length (the transformer config's), as released."""
+    from vidprior.models.cogvideox import build_cogvideox
+
+    parts = build_cogvideox(base_spec)
+    model = UDPDiffModel(
+        # No UDPDiff transformer: `transformer` only answers the scheduler choice (2B or not), which
+        # reads the same architecture fields.
+        transformer=parts.transformer,
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        scheduler=parts.scheduler,
+        base_spec=base_spec,
+        tasks={},
+        base_transformer=parts.transformer,
+    )
+    return to_device(model, device or default_device())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,11 +31,12 @@ SCORE_FRACTIONS = (0.25, 0.5)
 
 def lambda_for(params: Params) -> float:
     cfg = params.unic.sample
-    return (
-        cfg.lambda_
-        if cfg.lambda_ is not None
-        else getattr(params.unic.lambdas, TASK_OF_WORKFLOW[cfg.workflow])
-    )
+    return cfg.lambda_ if cfg.lambda_ is not None else table_lambda(params, cfg.workflow)
+
+
+def table_lambda(params: Params, workflow: str) -> float:
+    """The workflow's row of the lambda table (`unic.lambdas`; sd and sd-svd share sd_svd)."""
+    return float(getattr(params.unic.lambdas, TASK_OF_WORKFLOW[workflow]))
 
 
 @torch.no_grad()
@@ -73,16 +74,39 @@ def sample_seeds(params: Params, ids: list[str], given: list | None = None) -> t
     return image, [item_seed(s, "sample-video", i) for s, i in zip(image, ids, strict=True)]
 
 
-def _generate(params: Params, sd, classifier, prompts: list[str], ids: list[str], lambda_: float, seeds):
-    """(images, videos or None) for the configured workflow."""
+def build_video_model(params: Params, sd, workflow: str):
+    """The model that animates `workflow`'s images (SVD, PIA on `sd`, AnimateDiff on `sd`); None for sd."""
+    from vidprior import models
+
+    if workflow == "sd-svd":
+        return models.build_svd(params.models.svd)
+    if workflow == "sd-pia":
+        return models.build_pia(params.models.pia, sd)
+    if workflow == "animatediff":
+        return models.build_animatediff(params.models.animatediff, sd)
+    return None
+
+
+def generate(
+    params: Params,
+    sd,
+    classifier,
+    prompts: list[str],
+    ids: list[str],
+    lambda_: float,
+    seeds,
+    *,
+    workflow: str | None = None,
+    video_model=None,
+):
+    """(images, videos or None) for `workflow` (default `unic.sample.workflow`); `video_model` is
+    `build_video_model`'s, built here when not given (callers sampling several times pass one)."""
     from vidprior.unic import workflows
 
-    cfg, images_cfg, videos_cfg, guidance = (
-        params.unic.sample,
-        params.unic.images,
-        params.unic.videos,
-        params.unic.guidance,
-    )
+    images_cfg, videos_cfg, guidance = params.unic.images, params.unic.videos, params.unic.guidance
+    workflow = workflow or params.unic.sample.workflow
+    if video_model is None:
+        video_model = build_video_model(params, sd, workflow)
     image_seeds, video_seeds = seeds
     sd_args = dict(
         steps=images_cfg.steps,
@@ -94,15 +118,12 @@ def _generate(params: Params, sd, classifier, prompts: list[str], ids: list[str]
         text_condition_mode=params.unic.classifier.text_condition,
         batch_size=images_cfg.batch_size,
     )
-    if cfg.workflow == "sd":
+    if workflow == "sd":
         return workflows.sample_sd(sd, classifier, prompts, image_seeds, lambda_=lambda_, **sd_args), None
     video_args = dict(
         frames=videos_cfg.frames, steps=videos_cfg.steps, height=videos_cfg.height, width=videos_cfg.width
     )
-    if cfg.workflow == "sd-svd":
-        from vidprior.models import build_svd
-
-        svd = build_svd(params.models.svd)
+    if workflow == "sd-svd":
         svd_args = dict(
             video_args,
             fps=videos_cfg.fps,
@@ -111,23 +132,33 @@ def _generate(params: Params, sd, classifier, prompts: list[str], ids: list[str]
             decode_chunk_size=videos_cfg.decode_chunk_size,
         )
         return workflows.sd_then_svd(
-            sd, svd, classifier, prompts, image_seeds, video_seeds, lambda_=lambda_, sd=sd_args, svd=svd_args
+            sd,
+            video_model,
+            classifier,
+            prompts,
+            image_seeds,
+            video_seeds,
+            lambda_=lambda_,
+            sd=sd_args,
+            svd=svd_args,
         )
-    if cfg.workflow == "sd-pia":
-        from vidprior.models import build_pia
-
-        pia = build_pia(params.models.pia, sd)
+    if workflow == "sd-pia":
         pia_args = dict(
             video_args, guidance_scale=videos_cfg.pia_guidance_scale, motion_scale=videos_cfg.pia_motion_scale
         )
         return workflows.sd_then_pia(
-            sd, pia, classifier, prompts, image_seeds, video_seeds, lambda_=lambda_, sd=sd_args, pia=pia_args
+            sd,
+            video_model,
+            classifier,
+            prompts,
+            image_seeds,
+            video_seeds,
+            lambda_=lambda_,
+            sd=sd_args,
+            pia=pia_args,
         )
-    from vidprior.models import build_animatediff
-
-    parts = build_animatediff(params.models.animatediff, sd)
     videos = workflows.sample_animatediff(
-        parts,
+        video_model,
         classifier,
         prompts,
         video_seeds,
@@ -168,7 +199,7 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
     runs = [("guided", lambda_)] + ([("baseline", 0.0)] if cfg.with_baseline else [])
     rows, scores = [], {}
     for variant, strength in runs:
-        images, videos = _generate(params, sd, classifier, texts, ids, strength, (image_seeds, video_seeds))
+        images, videos = generate(params, sd, classifier, texts, ids, strength, (image_seeds, video_seeds))
         mode = params.unic.classifier.text_condition
         seeds = image_seeds
         scores[variant] = classifier_scores(sd, classifier, images, texts, seeds, mode)
