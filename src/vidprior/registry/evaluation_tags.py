@@ -88,7 +88,7 @@ def tag_run(name: str, version: str, run_id: str) -> None:
 
 def tag_run_from_evaluation(run_id: str, output_dir: Path) -> None:
     """`eval.run_id` on the version an evaluate stage's `evaluation.json` names (its `after_tracked`)."""
-    from vidprior.eval_report import EVALUATION_FILE
+    from vidprior.evaluate.report import EVALUATION_FILE
 
     record = json.loads((Path(output_dir) / EVALUATION_FILE).read_text(encoding="utf-8"))
     tag_run(record["model"], record["version"], run_id)

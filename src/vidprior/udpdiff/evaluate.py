@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vidprior import eval_report
 from vidprior.config import Params
-from vidprior.eval_report import Column, Row
+from vidprior.evaluate import report
+from vidprior.evaluate.report import Column, Row
 from vidprior.io.media import MediaError, read_video, write_video
 from vidprior.registry.evaluation_tags import (
     check_registered,
@@ -54,7 +54,7 @@ from vidprior.unic.generation import (
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
 
 STAGE = "udpdiff.evaluate"
-ARTIFACTS = eval_report.ARTIFACTS
+ARTIFACTS = report.ARTIFACTS
 VIDEOS_DIR = "videos"
 BASE_ID_SUFFIX = "cogvideox"
 BASE_METHOD = "CogVideoX"
@@ -477,7 +477,7 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
         columns.append(Column("fvd", "FVD", 1.0, 2))
     depth_columns = [Column("depth_delta1", "delta1"), Column("depth_rmse", "RMSE")]
     # One table (the depth columns filled on the depth row); table.md prints the paper's two.
-    table = eval_report.table_frame(rows, columns + depth_columns)
+    table = report.table_frame(rows, columns + depth_columns)
     depth_rows = [r for r in rows if r.group == "depth"]
     reference_count = len(set_fvd.reference) if set_fvd is not None else 0
     clips = int(items["variant"].eq("baseline").sum())
@@ -493,12 +493,12 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
         "Decoded depth of the depth samples vs the dataset's depth label of the same clip "
         f"(alignment {params.evaluate.depth_align}). Paper: vs DepthCrafter pseudo ground truth, 1,024 clips."
     ]
-    text = eval_report.markdown(table, columns, "UDPDiff vs CogVideoX", notes)
+    text = report.markdown(table, columns, "UDPDiff vs CogVideoX", notes)
     if depth_rows:
         depth = table[table["group"] == "depth"]
-        text += "\n" + eval_report.markdown(depth, depth_columns, "UDPDiff depth", depth_notes)
-    eval_report.write_tables(output_dir, [table], text)
-    eval_report.write_evaluation(
+        text += "\n" + report.markdown(depth, depth_columns, "UDPDiff depth", depth_notes)
+    report.write_tables(output_dir, [table], text)
+    report.write_evaluation(
         output_dir,
         model=name,
         version=version,
@@ -510,9 +510,9 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
         },
         tables=[table],
     )
-    eval_report.bar_charts(output_dir, rows, columns + (depth_columns if depth_rows else []))
+    report.bar_charts(output_dir, rows, columns + (depth_columns if depth_rows else []))
     tag_version(name, version, candidate, baseline)
-    metrics.update(eval_report.flat_metrics(candidate, baseline))
+    metrics.update(report.flat_metrics(candidate, baseline))
     base_rows = manifest[manifest["variant"] == "baseline"]
     metrics["clips"] = clips
     if len(base_rows) and base_rows["seconds"].notna().any():

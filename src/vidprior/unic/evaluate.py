@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from vidprior import eval_report
 from vidprior.config import Params
-from vidprior.eval_report import Column, Row
+from vidprior.evaluate import report
+from vidprior.evaluate.report import Column, Row
 from vidprior.io.media import file_sha256, read_video, write_video
 from vidprior.registry.evaluation_tags import (
     check_registered,
@@ -49,7 +49,7 @@ from vidprior.unic.sample import build_video_model, generate, sample_seeds, tabl
 from vidprior.unic.stage_inputs import input_dir, read_input_manifest
 
 STAGE = "unic.evaluate"
-ARTIFACTS = eval_report.ARTIFACTS
+ARTIFACTS = report.ARTIFACTS
 VIDEOS_DIR = "videos"
 BASELINE, GUIDED = "baseline", "guided"
 METHODS = {"sd-svd": "SD->SVD", "sd-pia": "SD->PIA", "animatediff": "AnimateDiff"}
@@ -305,7 +305,7 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
 
     candidate, baseline, rows = summarize(manifest, params)
     columns = [Column(m, LABELS[m]) for m in cfg.metrics]
-    table = eval_report.table_frame(rows, columns)
+    table = report.table_frame(rows, columns)
     lambdas = ", ".join(f"{w}: {table_lambda(params, w)}" for w in cfg.workflows)
     notes = [
         f"{len(prompts)} prompts per row, the same image and video seeds for a workflow's two rows; "
@@ -315,10 +315,8 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
         "Paper: Uni-C Table I (VBench). Dynamic degree is the fraction of videos judged dynamic.",
         f"Model: {name} version {version}; profile {params.profile}.",
     ]
-    eval_report.write_tables(
-        output_dir, [table], eval_report.markdown(table, columns, "Uni-C Table I (VBench)", notes)
-    )
-    eval_report.write_evaluation(
+    report.write_tables(output_dir, [table], report.markdown(table, columns, "Uni-C Table I (VBench)", notes))
+    report.write_evaluation(
         output_dir,
         model=name,
         version=version,
@@ -334,9 +332,9 @@ def run(params: Params, inputs: Sequence[Path | str] | None, output_dir: Path) -
         },
         tables=[table],
     )
-    eval_report.bar_charts(output_dir, rows, columns)
+    report.bar_charts(output_dir, rows, columns)
     tag_version(name, version, candidate, baseline)
-    metrics.update(eval_report.flat_metrics(candidate, baseline))
+    metrics.update(report.flat_metrics(candidate, baseline))
     metrics["prompts"] = len(prompts)
     metrics["stage_seconds"] = round(time.perf_counter() - started, 4)
     return metrics
