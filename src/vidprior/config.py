@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from vidprior.evaluate.names import PER_VIDEO_METRICS
 from vidprior.models.spec import ModelSpec, StrictModel, TextEmbedderSpec, TinySpec
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -266,16 +267,8 @@ class SampleParams(StrictModel):
     with_baseline: bool = True
 
 
-# Per-video metric names of `vidprior.evaluate` (its PER_VIDEO_METRICS; fvd and depth_* are set metrics).
-VideoMetric = Literal[
-    "dynamic_degree",
-    "aesthetic_quality",
-    "imaging_quality",
-    "subject_consistency",
-    "background_consistency",
-    "motion_smoothness",
-    "clip_score",
-]
+# Per-video metric names of `vidprior.evaluate` (fvd and depth_* are set metrics), from their one list.
+VideoMetric = Literal[PER_VIDEO_METRICS]
 
 
 def _distinct(name: str, values: list) -> None:
